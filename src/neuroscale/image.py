@@ -1,0 +1,405 @@
+"""The core data model: :class:`Image` (x, y, z[, t]) and :class:`Series` (t, voxel).
+
+Both are thin, picklable wrappers around a lazy :class:`dask.array.Array` with the spatial
+metadata attached (Thunder's images/series duality, on Dask).
+
+``Image``
+    Data shaped ``(x, y, z[, t])``, chunked in space: the natural view for volumes.
+``Series``
+    The same data inside a brain mask, shaped ``(t, n_voxels)``, chunked over voxels with
+    **all time points in each chunk**: the natural view for time-series work (denoising, ALFF,
+    correlation).  Voxels are ordered as ``numpy`` boolean indexing of an ``(x, y, z)`` mask
+    orders them (C order), which is also nilearn's ``apply_mask`` order, and every chunk covers
+    a slab of consecutive x-planes.
+
+Nothing here computes: every method returns a new lazy object.  Only the small 3D results
+(maps, masks) are brought into memory by the callers that write them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from neuroscale.errors import AnalysisError, ImageFormatError, MissingMetadataError
+
+__all__ = ["Image", "Series", "open_image", "values_to_volume"]
+
+
+def _slab_bounds(x_chunks: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    bounds = []
+    start = 0
+    for size in x_chunks:
+        bounds.append((start, start + size))
+        start += size
+    return tuple(bounds)
+
+
+def _mask_slab(block: np.ndarray, mask_slab: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    """(t, xs, y, z) raw block -> (t, n_in_mask) float32 scaled values."""
+    flat = block.reshape(block.shape[0], -1)
+    sel = flat[:, mask_slab.reshape(-1)].astype(np.float32)
+    if slope != 1.0:
+        sel *= np.float32(slope)
+    if inter != 0.0:
+        sel += np.float32(inter)
+    return sel
+
+
+def _unmask_slab(block: np.ndarray, mask_slab: np.ndarray) -> np.ndarray:
+    """(t, n_in_mask) -> (xs, y, z, t) with zeros outside the mask."""
+    out = np.zeros((block.shape[0], mask_slab.size), dtype=block.dtype)
+    out[:, mask_slab.reshape(-1)] = block
+    return out.reshape((block.shape[0], *mask_slab.shape)).transpose(1, 2, 3, 0)
+
+
+@dataclass(frozen=True, eq=False)
+class Image:
+    """A lazy image with its space attached.
+
+    Parameters
+    ----------
+    data : dask.array.Array, shape (x, y, z) or (x, y, z, t)
+        Voxel values (float32 after scaling, for images opened from NIfTI).
+    affine : (4, 4) ndarray of float64
+        Voxel-to-world transform, mm.
+    t_r : float or None
+        Repetition time, seconds (4D images).
+    header : nibabel header or None
+        The source header, for writing outputs with the same units/codes.
+    source : Path or None
+        The file the image was opened from.
+    meta : dict
+        Extra facts (e.g. the source sha256, the Zarr working copy).
+
+    Examples
+    --------
+    >>> img = open_image("sub-02_task-oneback_run-1_bold.nii.gz")  # doctest: +SKIP
+    >>> img.shape, img.t_r                                          # doctest: +SKIP
+    ((80, 80, 35, 156), 2.0)
+    >>> series = img.to_series(mask)                                # doctest: +SKIP
+    """
+
+    data: da.Array
+    affine: np.ndarray
+    t_r: float | None = None
+    header: Any = None
+    source: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    # raw-storage view used by to_series: (t, x, y, z) raw-dtype array with scaling
+    _raw_txyz: da.Array | None = field(default=None, repr=False)
+    _scaling: tuple[float, float] = (1.0, 0.0)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Array shape (x, y, z[, t])."""
+        return tuple(int(s) for s in self.data.shape)
+
+    @property
+    def ndim(self) -> int:
+        """3 or 4."""
+        return self.data.ndim
+
+    @property
+    def n_volumes(self) -> int:
+        """Number of time points (1 for a 3D image)."""
+        return self.shape[3] if self.ndim == 4 else 1
+
+    @property
+    def zooms(self) -> tuple[float, float, float]:
+        """Voxel size along x, y, z in mm (column norms of the affine)."""
+        z = np.sqrt((np.asarray(self.affine)[:3, :3] ** 2).sum(axis=0))
+        return (float(z[0]), float(z[1]), float(z[2]))
+
+    def require_4d(self, min_volumes: int = 2) -> None:
+        """Raise :class:`ImageFormatError` unless the image is 4D with ``min_volumes``."""
+        if self.ndim != 4 or self.n_volumes < min_volumes:
+            raise ImageFormatError(
+                f"expected a 4D image with at least {min_volumes} volumes, got shape {self.shape}",
+                self.source,
+            )
+
+    def require_t_r(self) -> float:
+        """The repetition time in seconds; raise :class:`MissingMetadataError` if unknown."""
+        if self.t_r is None or not np.isfinite(self.t_r) or self.t_r <= 0:
+            raise MissingMetadataError(
+                f"repetition time missing or not positive (t_r={self.t_r}); set RepetitionTime "
+                "in the BIDS sidecar or pixdim[4] in the header",
+                self.source,
+            )
+        return float(self.t_r)
+
+    def mean(self) -> Image:
+        """Mean over time (lazy 3D image); uses the mean stored at ingest when available."""
+        self.require_4d(1)
+        stored = self.meta.get("mean")
+        if stored is not None:
+            return replace(self, data=stored, _raw_txyz=None, meta={**self.meta})
+        return replace(self, data=self.data.mean(axis=3, dtype=np.float64).astype(np.float32),
+                       _raw_txyz=None)
+
+    def to_series(self, mask: np.ndarray) -> Series:
+        """The in-mask time series, ``(t, n_voxels)``, all time points per chunk.
+
+        Parameters
+        ----------
+        mask : (x, y, z) ndarray of bool
+            Brain mask on this image's grid.
+
+        Returns
+        -------
+        Series
+            Lazy; chunk ``i`` holds the in-mask voxels of x-slab ``i``.
+
+        Raises
+        ------
+        AnalysisError
+            The mask's shape differs from the image's or the mask is empty.
+        """
+        self.require_4d(1)
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != self.shape[:3]:
+            raise AnalysisError(
+                f"mask shape {mask.shape} does not match the image grid {self.shape[:3]}",
+                self.source,
+            )
+        if not mask.any():
+            raise AnalysisError("the brain mask is empty", self.source)
+        nt = self.n_volumes
+        if self._raw_txyz is not None:
+            raw = self._raw_txyz
+            slope, inter = self._scaling
+        else:
+            raw = self.data.transpose(3, 0, 1, 2)
+            slope, inter = 1.0, 0.0
+        x_chunks = raw.chunks[1]
+        raw = raw.rechunk({0: nt, 2: -1, 3: -1})
+        bounds = _slab_bounds(x_chunks)
+        counts = tuple(int(mask[a:b].sum()) for a, b in bounds)
+        blocks = []
+        for i, (a, b) in enumerate(bounds):
+            if counts[i] == 0:
+                continue
+            blk = raw.blocks[0, i, 0, 0]
+            blocks.append(
+                blk.map_blocks(
+                    _mask_slab,
+                    mask[a:b],
+                    slope,
+                    inter,
+                    chunks=(nt, counts[i]),
+                    drop_axis=[2, 3],
+                    dtype=np.float32,
+                    meta=np.empty((0, 0), np.float32),
+                )
+            )
+        data = da.concatenate(blocks, axis=1)
+        return Series(data=data, mask=mask, affine=self.affine, t_r=self.t_r,
+                      header=self.header, source=self.source, meta=dict(self.meta))
+
+    def compute_volume(self) -> np.ndarray:
+        """Compute a 3D image into memory (refuses 4D: use the chunked path)."""
+        if self.ndim != 3:
+            raise ImageFormatError("compute_volume is for 3D images only", self.source)
+        return np.asarray(self.data.compute())
+
+
+@dataclass(frozen=True, eq=False)
+class Series:
+    """In-mask time series, ``(t, n_voxels)``, with all time points in each chunk.
+
+    Parameters
+    ----------
+    data : dask.array.Array, shape (n_timepoints, n_voxels), float32
+        Chunked over voxels only.
+    mask : (x, y, z) ndarray of bool
+        The voxels, in C order of the mask.
+    affine : (4, 4) ndarray
+        Voxel-to-world transform, mm.
+    t_r : float or None
+        Repetition time, seconds.
+    """
+
+    data: da.Array
+    mask: np.ndarray
+    affine: np.ndarray
+    t_r: float | None = None
+    header: Any = None
+    source: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 2:
+            raise AnalysisError(f"a Series is 2D (t, voxel), got shape {self.data.shape}")
+        if len(self.data.chunks[0]) != 1:
+            raise AnalysisError("a Series keeps all time points in one chunk")
+        if int(self.mask.sum()) != self.data.shape[1]:
+            raise AnalysisError(
+                f"mask has {int(self.mask.sum())} voxels, data has {self.data.shape[1]}"
+            )
+
+    @property
+    def n_timepoints(self) -> int:
+        """Number of volumes."""
+        return int(self.data.shape[0])
+
+    @property
+    def n_voxels(self) -> int:
+        """Number of in-mask voxels."""
+        return int(self.data.shape[1])
+
+    def with_data(self, data: da.Array, **changes: Any) -> Series:
+        """A Series with the same space and new (t, voxel) data."""
+        return replace(self, data=data, **changes)
+
+    def map_voxels(self, func: Any, *args: Any, dtype: Any = np.float32, **kwargs: Any) -> Series:
+        """Apply ``func(block (t, v), *args, **kwargs) -> (t, v)`` to every chunk."""
+        data = self.data.map_blocks(func, *args, dtype=dtype, **kwargs)
+        return self.with_data(data)
+
+    def slab_bounds(self) -> tuple[tuple[int, int], ...]:
+        """x-slab bounds such that chunk ``i`` after :meth:`align_to_slabs` covers slab ``i``."""
+        nx = self.mask.shape[0]
+        per_x = self.mask.reshape(nx, -1).sum(axis=1)
+        target = max(1, int(np.median(self.data.chunks[1])))
+        bounds: list[tuple[int, int]] = []
+        start = 0
+        acc = 0
+        for x in range(nx):
+            acc += int(per_x[x])
+            if acc >= target and x + 1 < nx:
+                bounds.append((start, x + 1))
+                start, acc = x + 1, 0
+        bounds.append((start, nx))
+        return tuple(b for b in bounds if per_x[b[0] : b[1]].sum() > 0)
+
+    def to_image(self) -> Image:
+        """Scatter back to a lazy ``(x, y, z, t)`` image (zeros outside the mask)."""
+        nx = self.mask.shape[0]
+        per_x = self.mask.reshape(nx, -1).sum(axis=1)
+        bounds = [(a, b) for a, b in self.slab_bounds()]
+        # cover empty x-planes too, so that the slabs tile the whole x axis
+        edges = [0] + [b for _, b in bounds[:-1]] + [nx]
+        counts = [int(per_x[a:b].sum()) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        data = self.data.rechunk({0: -1, 1: tuple(counts)}) if all(counts) else None
+        nt = self.n_timepoints
+        pieces = []
+        offset = 0
+        for a, b, n in zip(edges[:-1], edges[1:], counts, strict=True):
+            slab_mask = self.mask[a:b]
+            if n == 0:
+                pieces.append(da.zeros((b - a, *self.mask.shape[1:], nt), dtype=self.data.dtype,
+                                       chunks=(b - a, *self.mask.shape[1:], nt)))
+                continue
+            src = (data.blocks[0, len(pieces)] if data is not None
+                   else self.data[:, offset : offset + n].rechunk({1: -1}))
+            pieces.append(
+                src.map_blocks(_unmask_slab, slab_mask, chunks=(b - a, *self.mask.shape[1:], nt),
+                               new_axis=[2, 3], dtype=self.data.dtype,
+                               meta=np.empty((0, 0, 0, 0), self.data.dtype))
+            )
+            offset += n
+        return Image(data=da.concatenate(pieces, axis=0), affine=self.affine, t_r=self.t_r,
+                     header=self.header, source=self.source, meta=dict(self.meta))
+
+    def to_zarr(self, path: str | Path, overwrite: bool = True) -> Series:
+        """Write the data to a Zarr store (atomically) and return a Series reading from it."""
+        from neuroscale.io.atomic import atomic_path
+
+        path = Path(path)
+        with atomic_path(path, is_dir=True) as tmp:
+            self.data.to_zarr(str(tmp), overwrite=True, zarr_format=3)
+            (tmp / "_series.json").write_text(json.dumps({"shape": list(self.data.shape)}))
+        return self.with_data(da.from_zarr(str(path), chunks=self.data.chunks))
+
+
+def values_to_volume(values: np.ndarray, mask: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """Scatter ``values`` (n_voxels,) or (k, n_voxels) into ``(x, y, z[, k])`` volumes."""
+    values = np.asarray(values)
+    if values.ndim == 1:
+        out = np.full(mask.shape, fill, dtype=values.dtype)
+        out[mask] = values
+        return out
+    out = np.full((*mask.shape, values.shape[0]), fill, dtype=values.dtype)
+    out[mask] = values.T
+    return out
+
+
+def _scaled(block: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    out = block.astype(np.float32)
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if inter != 0.0:
+        out += np.float32(inter)
+    return out
+
+
+def open_image(
+    path: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    t_r: float | None = None,
+) -> Image:
+    """Open a NIfTI-1/NIfTI-2 image (``.nii`` or ``.nii.gz``) lazily.
+
+    4D images are streamed once into a chunked Zarr working copy under ``cache_dir`` (reused
+    while the source is unchanged; see :mod:`neuroscale.io.zarr_cache`) and read from there;
+    3D images (masks, atlases, maps) are small and are read with nibabel.
+
+    Parameters
+    ----------
+    path : str or Path
+        The image file.
+    cache_dir : str or Path, optional
+        Where working copies live (default ``$NEUROSCALE_CACHE`` or ``~/.cache/neuroscale``).
+    t_r : float, optional
+        Repetition time in seconds, overriding the header's ``pixdim[4]`` (BIDS sidecars are
+        authoritative: the pipelines pass ``RepetitionTime`` here).
+
+    Returns
+    -------
+    Image
+        float32 data (x, y, z[, t]) with scaling applied lazily.
+
+    Raises
+    ------
+    InputNotFoundError, ImageFormatError, TruncatedDataError, CorruptedFileError
+        See :func:`neuroscale.io.nifti.read_nifti_info` and
+        :func:`neuroscale.io.zarr_cache.ingest_nifti`.
+    """
+    import nibabel as nib
+
+    from neuroscale.io.nifti import read_nifti_info
+    from neuroscale.io.zarr_cache import default_cache_root, ingest_nifti, read_manifest
+
+    info = read_nifti_info(path)
+    if info.ndim == 3 or (info.ndim > 3 and int(np.prod(info.shape[3:])) == 1):
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj, dtype=np.float32).reshape(info.shape[:3])
+        return Image(data=da.from_array(arr, chunks=arr.shape), affine=info.affine,
+                     header=info.header, source=Path(path))
+    if info.ndim != 4:
+        raise ImageFormatError(f"unsupported number of dimensions {info.ndim}", path)
+    store = ingest_nifti(path, cache_dir or default_cache_root(), info=info)
+    manifest = read_manifest(store)
+    assert manifest is not None
+    chunks = tuple(manifest["chunks"])
+    raw = da.from_zarr(str(store), component="data", chunks=chunks)
+    slope, inter = float(manifest["slope"]), float(manifest["inter"])
+    data = raw.map_blocks(_scaled, slope, inter, dtype=np.float32).transpose(1, 2, 3, 0)
+    mean = da.from_zarr(str(store), component="mean")
+    return Image(
+        data=data,
+        affine=info.affine,
+        t_r=t_r if t_r is not None else info.t_r_header,
+        header=info.header,
+        source=Path(path),
+        meta={"sha256": manifest["sha256"], "store": str(store), "mean": mean},
+        _raw_txyz=raw,
+        _scaling=(slope, inter),
+    )

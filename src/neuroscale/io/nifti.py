@@ -1,0 +1,243 @@
+"""NIfTI-1 / NIfTI-2 headers, validation, and small (3D) image writing.
+
+The 4D data itself is never read here in one piece: :mod:`neuroscale.io.zarr_cache` streams it
+into a chunked Zarr working copy.  This module reads and validates the header only, so bad
+input is rejected before any work starts, with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import isal.igzip as igzip
+import nibabel as nib
+import numpy as np
+
+from neuroscale.errors import ImageFormatError, InputNotFoundError, TruncatedDataError
+from neuroscale.io.atomic import atomic_path
+
+_HEADER_BYTES = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
+
+
+def is_gzip(path: str | Path) -> bool:
+    """True when ``path`` starts with the gzip magic bytes (whatever its suffix)."""
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def open_raw(path: str | Path) -> Any:
+    """Open ``path`` for reading its *decompressed* bytes (isal inflater for gzip)."""
+    if is_gzip(path):
+        return igzip.open(path, "rb")
+    return open(path, "rb")
+
+
+@dataclass(frozen=True)
+class NiftiInfo:
+    """Validated facts from a NIfTI header; small and picklable.
+
+    Attributes
+    ----------
+    path : Path
+        The file.
+    shape : tuple of int
+        Array shape, (x, y, z[, t]).
+    dtype : numpy.dtype
+        On-disk data type, with its byte order.
+    affine : (4, 4) ndarray of float64
+        Voxel-to-world (mm) transform, as nibabel chooses it (sform, else qform).
+    zooms : tuple of float
+        Voxel size in mm (and the header's time step, in the header's units).
+    slope, inter : float
+        Scaling applied to the stored values (1.0 and 0.0 when the header has none).
+    vox_offset : int
+        Byte offset of the data in the decompressed stream.
+    compressed : bool
+        True for gzip files.
+    t_r_header : float or None
+        Repetition time from ``pixdim[4]`` converted to seconds, or None when absent/zero.
+    header : nibabel header
+        The parsed header (NIfTI-1 or NIfTI-2).
+    """
+
+    path: Path
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    affine: np.ndarray = field(repr=False)
+    zooms: tuple[float, ...]
+    slope: float
+    inter: float
+    vox_offset: int
+    compressed: bool
+    t_r_header: float | None
+    header: Any = field(repr=False)
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self.shape)
+
+    @property
+    def volume_bytes(self) -> int:
+        """Bytes of one 3D volume on disk."""
+        return int(np.prod(self.shape[:3])) * self.dtype.itemsize
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of the whole data block on disk (decompressed)."""
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+
+def read_nifti_info(path: str | Path) -> NiftiInfo:
+    """Read and validate a NIfTI-1 or NIfTI-2 header without reading the data.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.nii`` or ``.nii.gz`` file.
+
+    Returns
+    -------
+    NiftiInfo
+
+    Raises
+    ------
+    InputNotFoundError
+        The file does not exist.
+    ImageFormatError
+        Bad magic or header size, invalid dimensions, unsupported data type, non-finite scaling.
+    TruncatedDataError
+        An uncompressed file is shorter than its header says (gzip files are checked while
+        streaming, see :func:`neuroscale.io.zarr_cache.ingest_nifti`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError("no such file", path)
+    compressed = is_gzip(path)
+    try:
+        with open_raw(path) as fh:
+            raw = fh.read(540)
+    except (OSError, EOFError) as exc:
+        raise ImageFormatError(f"cannot read the NIfTI header ({exc})", path) from exc
+    if len(raw) < 348:
+        raise TruncatedDataError(f"only {len(raw)} bytes: too short for a NIfTI header", path)
+    sizeof_hdr = None
+    for order in "<>":
+        value = struct.unpack(f"{order}i", raw[:4])[0]
+        if value in _HEADER_BYTES:
+            sizeof_hdr = value
+            break
+    if sizeof_hdr is None:
+        raise ImageFormatError("not a NIfTI file (header size is neither 348 nor 540)", path)
+    header_class = _HEADER_BYTES[sizeof_hdr]
+    try:
+        with open_raw(path) as fh:
+            header = header_class.from_fileobj(fh, check=True)
+    except Exception as exc:  # nibabel raises HeaderDataError and friends
+        raise ImageFormatError(f"invalid NIfTI header ({exc})", path) from exc
+    magic = bytes(header["magic"]).rstrip(b"\x00")
+    if magic not in (b"n+1", b"n+2"):
+        raise ImageFormatError(
+            f"bad NIfTI magic {magic!r} (expected 'n+1' or 'n+2' for a single-file image)", path
+        )
+    shape = tuple(int(s) for s in header.get_data_shape())
+    if not shape or min(shape) < 1:
+        raise ImageFormatError(f"invalid dimensions {shape}", path)
+    try:
+        dtype = header.get_data_dtype()
+    except Exception as exc:
+        raise ImageFormatError(f"unsupported data type ({exc})", path) from exc
+    raw_slope = float(np.asarray(header["scl_slope"]))
+    raw_inter = float(np.asarray(header["scl_inter"]))
+    if np.isinf(raw_slope) or (
+        np.isfinite(raw_slope) and raw_slope != 0 and not np.isfinite(raw_inter)
+    ):
+        raise ImageFormatError(
+            f"non-finite scaling (scl_slope={raw_slope}, scl_inter={raw_inter})", path
+        )
+    if np.isfinite(raw_slope) and raw_slope != 0:
+        slope, inter = raw_slope, raw_inter
+    else:  # NIfTI: slope 0 (or nibabel's NaN) means "no scaling"
+        slope, inter = 1.0, 0.0
+    affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise ImageFormatError("non-finite values in the affine (qform/sform)", path)
+    zooms = tuple(float(z) for z in header.get_zooms())
+    t_r_header: float | None = None
+    if len(shape) >= 4:
+        _, t_unit = header.get_xyzt_units()
+        step = float(header["pixdim"][4])
+        factor = {"msec": 1e-3, "usec": 1e-6}.get(t_unit, 1.0)
+        if np.isfinite(step) and step > 0:
+            t_r_header = step * factor
+    vox_offset = int(header.get_data_offset())
+    info = NiftiInfo(
+        path=path,
+        shape=shape,
+        dtype=dtype,
+        affine=affine,
+        zooms=zooms,
+        slope=slope,
+        inter=inter,
+        vox_offset=vox_offset,
+        compressed=compressed,
+        t_r_header=t_r_header,
+        header=header,
+    )
+    if not compressed:
+        size = path.stat().st_size
+        if size < vox_offset + info.data_bytes:
+            raise TruncatedDataError(
+                f"truncated data: file has {size} bytes, header needs {vox_offset + info.data_bytes}",
+                path,
+            )
+    return info
+
+
+def save_nifti(
+    data: np.ndarray,
+    affine: np.ndarray,
+    path: str | Path,
+    *,
+    header: Any = None,
+    dtype: Any = np.float32,
+) -> Path:
+    """Write a (small) in-memory array as NIfTI-1, atomically.
+
+    Parameters
+    ----------
+    data : (x, y, z[, t]) ndarray
+        Values to write; cast to ``dtype``.
+    affine : (4, 4) ndarray
+        Voxel-to-world transform (mm).
+    path : str or Path
+        Destination, ``.nii`` or ``.nii.gz``.
+    header : nibabel header, optional
+        Template header (units, qform codes) to copy.
+    dtype : numpy dtype
+        On-disk data type (default float32).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    arr = np.asarray(data).astype(dtype, copy=False)
+    hdr = None
+    if header is not None:
+        hdr = nib.Nifti1Header()
+        for key in ("qform_code", "sform_code", "xyzt_units"):
+            if key in header:
+                hdr[key] = header[key]
+    img = nib.Nifti1Image(arr, affine, header=hdr)
+    img.header.set_data_dtype(dtype)
+    if header is not None and "xyzt_units" in header:
+        img.header.set_xyzt_units(*header.get_xyzt_units())
+    img.set_qform(affine, code=int(hdr["qform_code"]) if hdr is not None else 1)
+    img.set_sform(affine, code=int(hdr["sform_code"]) if hdr is not None else 1)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+    return Path(path)

@@ -1,0 +1,290 @@
+"""The Zarr working copy of a 4D NIfTI: stream once, compute many times.
+
+Gzip has no random access, so a ``.nii.gz`` is read **once**, front to back, with the isal
+inflater (2.5-3x faster than zlib on this kind of machine, see ``PERFORMANCE.md``), while
+
+* its compressed bytes are hashed (sha256, for provenance and cache validation),
+* its gzip CRC-32 is checked (nibabel alone does not notice a flipped byte),
+* the voxel mean over time is accumulated (the mean EPI for the brain mask, for free),
+
+and the volumes are written to a Zarr v3 array laid out for the access that follows.
+
+Layout
+------
+The array is stored *time first*, shape ``(t, x, y, z)``, in the file's own dtype (scaling is
+applied lazily when read), chunked ``(t_chunk, x_chunk, y, z)``.  A slab of ``x_chunk``
+x-planes over all time points is then a handful of chunk reads and, once reshaped to
+``(t, x_chunk * y * z)``, is exactly the C-order (x, y, z) voxel order nilearn uses, so the
+:class:`neuroscale.image.Series` view is a reshape plus a mask, with no transpose.  Volumes
+(the :class:`neuroscale.image.Image` view) are ``x / x_chunk`` reads each.
+
+A ``_neuroscale.json`` manifest is written **last**; a store without it is incomplete and is
+rebuilt (zarr reads missing chunks back as the fill value without an error).  The store is
+reused while the source's size and modification time are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import queue
+import shutil
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuroscale.errors import CorruptedFileError, ImageFormatError, TruncatedDataError
+from neuroscale.io.atomic import atomic_path
+from neuroscale.io.nifti import NiftiInfo, read_nifti_info
+
+MANIFEST = "_neuroscale.json"
+LAYOUT_VERSION = 1
+
+#: Target size of one series chunk (all time points of an x-slab, float32), bytes.
+SERIES_CHUNK_BYTES = 64 * 2**20
+#: Target size of one stored Zarr chunk (raw dtype), bytes.
+STORE_CHUNK_BYTES = 8 * 2**20
+
+
+def choose_layout(shape: tuple[int, ...], itemsize: int, min_slabs: int = 8) -> tuple[int, int]:
+    """Choose ``(t_chunk, x_chunk)`` for a 4D image of ``shape`` (x, y, z, t).
+
+    ``x_chunk`` makes a float32 series slab about :data:`SERIES_CHUNK_BYTES` (and at least
+    ``min_slabs`` slabs, for parallelism); ``t_chunk`` makes one stored chunk about
+    :data:`STORE_CHUNK_BYTES`.
+    """
+    nx, ny, nz, nt = shape[:4]
+    per_x = nt * ny * nz * 4
+    x_chunk = max(1, min(SERIES_CHUNK_BYTES // max(per_x, 1), math.ceil(nx / min_slabs)))
+    per_t = x_chunk * ny * nz * itemsize
+    t_chunk = int(max(1, min(nt, STORE_CHUNK_BYTES // max(per_t, 1))))
+    return t_chunk, int(x_chunk)
+
+
+class _HashingReader:
+    """A read-only file wrapper that feeds every byte read to a sha256."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha256.update(data)
+        return bytes(data)
+
+    def readinto(self, buf: Any) -> int:
+        n = int(self.raw.readinto(buf))
+        self.sha256.update(memoryview(buf)[:n])
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.raw.closed)
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _source_key(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def cache_dir_for(path: str | Path, cache_root: str | Path) -> Path:
+    """The Zarr working-copy directory for ``path`` under ``cache_root``."""
+    path = Path(path)
+    key = _source_key(path)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    name = path.name.removesuffix(".gz").removesuffix(".nii")
+    return Path(cache_root) / f"{name}-{digest}.zarr"
+
+
+def read_manifest(store: str | Path) -> dict[str, Any] | None:
+    """The manifest of a complete working copy, or None if it is missing or incomplete."""
+    marker = Path(store) / MANIFEST
+    try:
+        manifest: dict[str, Any] = json.loads(marker.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if manifest.get("layout_version") != LAYOUT_VERSION:
+        return None
+    return manifest
+
+
+def _read_blocks(stream: Any, info: NiftiInfo, t_chunk: int, out: queue.Queue) -> None:
+    """Producer: decompress ``t_chunk`` volumes at a time into fresh buffers."""
+    try:
+        nt = info.shape[3] if info.ndim == 4 else 1
+        vb = info.volume_bytes
+        skip = info.vox_offset
+        while skip > 0:
+            got = stream.read(min(skip, 1 << 20))
+            if not got:
+                raise TruncatedDataError("file ends inside the header/extensions", info.path)
+            skip -= len(got)
+        for t0 in range(0, nt, t_chunk):
+            n = min(t_chunk, nt - t0)
+            buf = bytearray(n * vb)
+            view = memoryview(buf)
+            filled = 0
+            while filled < len(buf):
+                got = stream.readinto(view[filled:])
+                if not got:
+                    raise TruncatedDataError(
+                        f"truncated data: ended in volume {t0 + filled // vb} of {nt}", info.path
+                    )
+                filled += got
+            out.put((t0, buf))
+        # read to the end so that the gzip CRC-32 and length are checked
+        while stream.read(1 << 20):
+            pass
+        out.put(None)
+    except BaseException as exc:  # handed to the consumer thread
+        out.put(exc)
+
+
+def ingest_nifti(
+    path: str | Path,
+    cache_root: str | Path,
+    *,
+    info: NiftiInfo | None = None,
+    t_chunk: int | None = None,
+    x_chunk: int | None = None,
+) -> Path:
+    """Stream a 4D NIfTI once into its Zarr working copy (or reuse a complete one).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.nii`` or ``.nii.gz`` with 4 dimensions.
+    cache_root : str or Path
+        Directory holding working copies.
+    info : NiftiInfo, optional
+        Already-validated header.
+    t_chunk, x_chunk : int, optional
+        Override the layout chosen by :func:`choose_layout`.
+
+    Returns
+    -------
+    Path
+        The ``.zarr`` store directory; its manifest holds the source's sha256, the affine,
+        scaling and the voxel-wise mean (``mean`` array, float32, (x, y, z)).
+
+    Raises
+    ------
+    ImageFormatError
+        Not 4D, bad header.
+    TruncatedDataError
+        Data or gzip stream ends early.
+    CorruptedFileError
+        Gzip CRC-32 or deflate data corrupted.
+    """
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    path = Path(path)
+    info = info or read_nifti_info(path)
+    if info.ndim != 4:
+        raise ImageFormatError(f"expected a 4D image, got shape {info.shape}", path)
+    store = cache_dir_for(path, cache_root)
+    if read_manifest(store) is not None:
+        return store
+    nx, ny, nz, nt = info.shape
+    auto_t, auto_x = choose_layout(info.shape, info.dtype.itemsize)
+    t_chunk = t_chunk or auto_t
+    x_chunk = x_chunk or auto_x
+    dtype = info.dtype.newbyteorder("=")
+    raw = open(path, "rb")
+    hashing = _HashingReader(raw)
+    import isal.igzip as igzip
+
+    stream: Any = igzip.IGzipFile(fileobj=hashing, mode="rb") if info.compressed else hashing
+    total = np.zeros((nx, ny, nz), dtype=np.float64)
+    q: queue.Queue = queue.Queue(maxsize=2)
+    producer = threading.Thread(target=_read_blocks, args=(stream, info, t_chunk, q), daemon=True)
+    try:
+        with atomic_path(store, is_dir=True) as tmp:
+            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            arr = group.create_array(
+                "data",
+                shape=(nt, nx, ny, nz),
+                chunks=(t_chunk, x_chunk, ny, nz),
+                dtype=dtype,
+                compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+                fill_value=0,
+            )
+            producer.start()
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                t0, buf = item
+                # on disk: x fastest, so (t, z, y, x) in C order; store as (t, x, y, z)
+                block = np.frombuffer(buf, dtype=info.dtype).reshape(-1, nz, ny, nx)
+                block = block.transpose(0, 3, 2, 1).astype(dtype, copy=False)
+                arr[t0 : t0 + block.shape[0]] = block
+                total += block.sum(axis=0, dtype=np.float64)
+            producer.join()
+            hashing.drain()
+            mean = (total / nt) * info.slope + info.inter
+            group.create_array("mean", data=mean.astype(np.float32))
+            manifest = {
+                "layout_version": LAYOUT_VERSION,
+                "source": _source_key(path),
+                "sha256": hashing.sha256.hexdigest(),
+                "shape": list(info.shape),
+                "dtype": dtype.str,
+                "chunks": [t_chunk, x_chunk, ny, nz],
+                "affine": np.asarray(info.affine).tolist(),
+                "slope": info.slope,
+                "inter": info.inter,
+                "zooms": list(info.zooms),
+                "t_r_header": info.t_r_header,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    except (EOFError, TruncatedDataError) as exc:
+        if isinstance(exc, TruncatedDataError):
+            raise
+        raise TruncatedDataError(f"truncated gzip stream ({exc})", path) from exc
+    except (OSError, zlib.error, ValueError) as exc:
+        if isinstance(exc, ImageFormatError):
+            raise
+        name = type(exc).__name__
+        if "gzip" in name.lower() or "crc" in str(exc).lower() or isinstance(exc, zlib.error):
+            raise CorruptedFileError(f"corrupted gzip data ({exc})", path) from exc
+        if "isal" in type(exc).__module__ or "Error -3" in str(exc):
+            raise CorruptedFileError(f"corrupted gzip data ({exc})", path) from exc
+        raise
+    finally:
+        raw.close()
+    return store
+
+
+def remove_cache(store: str | Path) -> None:
+    """Delete a working copy."""
+    shutil.rmtree(store, ignore_errors=True)
+
+
+def default_cache_root() -> Path:
+    """``$NEUROSCALE_CACHE`` or ``~/.cache/neuroscale``."""
+    env = os.environ.get("NEUROSCALE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "neuroscale"

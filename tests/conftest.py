@@ -1,0 +1,37 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")  # numpy#19685: see PERFORMANCE.md
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NEUROSCALE_SHARED_DATA", REPO.parent / "shared" / "data"))
+STUDYFORREST = SHARED_DATA / "bids" / "ds-studyforrest-oneback"
+BOLD = STUDYFORREST / "sub-02" / "func" / "sub-02_task-oneback_run-1_bold.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip the test when it is absent (a fresh clone elsewhere)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def studyforrest_bold(shared_data: Path) -> Path:
+    """The real studyforrest BOLD run (80 x 80 x 35 x 156, TR 2 s)."""
+    if not BOLD.is_file():
+        pytest.skip(f"{BOLD} not found")
+    return BOLD
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide Zarr working-copy directory."""
+    return tmp_path_factory.mktemp("nscache")
