@@ -1,0 +1,188 @@
+"""``neuroscale`` command line: a BIDS App (``bids_dir output_dir {participant,group}``).
+
+The CLI only parses arguments, starts (or connects to) the Dask cluster, calls a pipeline and
+maps :class:`~neuroscale.errors.NeuroscaleError` to a one-line message and a non-zero exit
+code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from neuroscale import __version__
+from neuroscale.errors import ConfigurationError, NeuroscaleError
+
+
+def _seed(text: str) -> tuple[float, float, float, float]:
+    try:
+        parts = [float(v) for v in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 4 or parts[3] <= 0:
+        raise argparse.ArgumentTypeError(
+            f"--seed expects X,Y,Z,RADIUS_MM (world coordinates in mm, radius > 0), got {text!r}")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def _optional_float(text: str) -> float | None:
+    if text.lower() in ("none", "off", "0"):
+        return None
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a frequency in Hz or 'none', got {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (BIDS-Apps conventions)."""
+    parser = argparse.ArgumentParser(
+        prog="neuroscale",
+        description="Out-of-core fMRI analysis of a BIDS dataset on Dask (BIDS App). "
+        "Also: `neuroscale catalog ...` for data management.",
+    )
+    parser.add_argument("bids_dir", type=Path, help="root of the BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="where the derivatives are written")
+    parser.add_argument("analysis_level", choices=["participant", "group"],
+                        help="participant: per-run analysis; group: QC table and summaries")
+    parser.add_argument("--version", action="version", version=f"neuroscale {__version__}")
+    sel = parser.add_argument_group("selection")
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                     help="participants to analyse (with or without 'sub-'); default all")
+    sel.add_argument("--bids-filter-file", type=Path, metavar="FILE",
+                     help="JSON filter as fMRIPrep's, e.g. {\"bold\": {\"task\": \"oneback\"}}")
+    ana = parser.add_argument_group("analysis")
+    ana.add_argument("--atlas", type=Path, action="append", default=[], metavar="PATH",
+                     help="label image in the BOLD's world space (repeatable)")
+    ana.add_argument("--seed", type=_seed, action="append", default=[], metavar="X,Y,Z,RADIUS_MM",
+                     help="seed sphere in world coordinates, mm (repeatable)")
+    ana.add_argument("--mask", type=Path, metavar="PATH",
+                     help="brain mask on the BOLD grid (default: computed from the mean EPI)")
+    ana.add_argument("--nuisance-strategy", default="36P",
+                     help="confound strategy applied when an fMRIPrep confounds TSV is beside "
+                     "the BOLD: 36P (default), 27P, 24P, acompcor, acompcor_gsr, none")
+    ana.add_argument("--high-pass", type=_optional_float, default=0.01, metavar="HZ",
+                     help="high-pass cut-off in Hz (default 0.01; 'none' to disable)")
+    ana.add_argument("--low-pass", type=_optional_float, default=0.1, metavar="HZ",
+                     help="low-pass cut-off in Hz (default 0.1; 'none' to disable)")
+    ana.add_argument("--dc-threshold", type=float, default=0.25, metavar="R",
+                     help="correlation threshold for degree centrality (default 0.25)")
+    ana.add_argument("--no-report", action="store_true", help="do not write HTML reports")
+    exe = parser.add_argument_group("execution")
+    exe.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                     help="address of an existing Dask scheduler (default: a local cluster)")
+    exe.add_argument("--n-workers", type=int, metavar="N", help="local workers (default: cores)")
+    exe.add_argument("--threads-per-worker", type=int, default=1, metavar="N")
+    exe.add_argument("--memory-limit", metavar="SIZE",
+                     help="memory bound of each local worker, e.g. 2GB")
+    exe.add_argument("--work-dir", type=Path, metavar="DIR",
+                     help="working copies and intermediates (default: OUTPUT_DIR_work beside OUTPUT_DIR)")
+    exe.add_argument("--no-progress", action="store_true", help="no progress bars")
+    exe.add_argument("-v", "--verbose", action="count", default=0)
+    return parser
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    from neuroscale.compute.cluster import cluster_client
+
+    out_dir: Path = args.output_dir.resolve()
+    bids_dir: Path = args.bids_dir.resolve()
+    if out_dir == bids_dir:
+        raise ConfigurationError("output_dir must differ from bids_dir", out_dir)
+    work_dir = (args.work_dir or out_dir.parent / f"{out_dir.name}_work").resolve()
+    if args.analysis_level == "group":
+        from neuroscale.pipelines.group import run_group
+
+        result = run_group(out_dir)
+        print(f"Group report: {result.report}")
+        print(f"Group QC table: {result.qc_table}")
+        return 0
+
+    from neuroscale.pipelines.participant import ParticipantConfig, run_participant
+
+    filters = None
+    if args.bids_filter_file is not None:
+        from neuroscale.bids.layout import load_bids_filter_file
+
+        filters = load_bids_filter_file(args.bids_filter_file)
+    config = ParticipantConfig(
+        high_pass=args.high_pass,
+        low_pass=args.low_pass,
+        nuisance_strategy=args.nuisance_strategy,
+        dc_threshold=args.dc_threshold,
+        atlases=[Path(p).resolve() for p in args.atlas],
+        seeds=list(args.seed),
+        mask=args.mask.resolve() if args.mask else None,
+        work_dir=work_dir,
+        report=not args.no_report,
+        progress=not args.no_progress,
+    )
+    from neuroscale.bids.layout import find_bold_runs
+
+    # validate the dataset before starting a cluster
+    find_bold_runs(bids_dir, participant_labels=args.participant_label, filters=filters)
+    with cluster_client(args.scheduler, n_workers=args.n_workers,
+                        threads_per_worker=args.threads_per_worker,
+                        memory_limit=args.memory_limit) as client:
+        outcomes = run_participant(bids_dir, out_dir, config,
+                                   participant_labels=args.participant_label,
+                                   filters=filters, client=client)
+    failed = [o for o in outcomes if o.error is not None]
+    for outcome in outcomes:
+        status = "FAILED" if outcome.error else "ok"
+        print(f"{outcome.run.relpath}: {status}"
+              + (f" ({outcome.error})" if outcome.error else
+                 f" ({len(outcome.computed)} outputs written, {len(outcome.skipped)} up to date)"))
+    reports = sorted({str(o.report) for o in outcomes if o.report is not None})
+    for report in reports:
+        print(f"Report: {report}")
+    if failed:
+        print(f"neuroscale: {len(failed)} of {len(outcomes)} runs failed", file=sys.stderr)
+        return max(getattr(o.error, "exit_code", 1) for o in failed)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``neuroscale`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "catalog":
+        return _catalog(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")  # numpy#19685, see PERFORMANCE.md
+    try:
+        return _run_app(args)
+    except NeuroscaleError as exc:
+        print(f"neuroscale: error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:
+        print("neuroscale: interrupted", file=sys.stderr)
+        return 130
+
+
+def _catalog(argv: list[str]) -> int:
+    try:
+        from neuroscale.catalog import cli as catalog_cli
+    except ImportError as exc:
+        print(f"neuroscale: error: the catalog needs the [catalog] extra "
+              f"(pip install 'neuroscale[catalog]'): {exc}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="neuroscale catalog")
+    sub = parser.add_subparsers(dest="command", required=True)
+    catalog_cli.add_subparser(sub)
+    args: Any = parser.parse_args(argv)
+    try:
+        return int(catalog_cli.run(args))
+    except NeuroscaleError as exc:
+        print(f"neuroscale catalog: error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 1))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

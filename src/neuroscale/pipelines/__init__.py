@@ -1,0 +1,1 @@
+"""Participant- and group-level workflows composed from analysis and io."""

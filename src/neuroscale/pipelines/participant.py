@@ -1,0 +1,579 @@
+"""Participant level: every BOLD run of the selected participants, out of core, on Dask.
+
+For each run (see ``README.md`` for the outputs):
+
+1. stream the BOLD once into its Zarr working copy (sha256, gzip CRC and the mean EPI on the
+   way), as a task on the cluster;
+2. brain mask from the mean EPI (nilearn's ``compute_epi_mask``) unless one is given;
+3. **phase A**, one Dask graph over the raw :class:`~neuroscale.image.Series`: QC traces and
+   tSNR, ALFF/fALFF (confound-regressed, not band-passed), the carpet sample, and the denoised
+   series written to a Zarr store in the work directory;
+4. **phase B**, one Dask graph over the denoised Zarr store: ReHo, degree centrality (tile by
+   tile), parcel time series per atlas, seed maps;
+5. NIfTI / TSV / JSON derivatives, each with a provenance sidecar, then the HTML report.
+
+Every output carries a provenance hash (inputs' sha256, the parameters that touch it, the
+neuroscale version): a re-run skips outputs whose hash is unchanged and recomputes only what a
+changed parameter touches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuroscale import __version__
+from neuroscale.errors import AnalysisError, ConfigurationError, NeuroscaleError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ParticipantConfig", "RunOutcome", "run_participant", "process_bold_run"]
+
+
+@dataclass
+class ParticipantConfig:
+    """Parameters of the participant-level analysis.
+
+    Attributes
+    ----------
+    high_pass, low_pass : float or None
+        Band-pass edges in Hz for denoising (default 0.01-0.1 Hz). None disables that edge.
+    detrend : bool
+        Remove linear trends before filtering (nilearn ``signal.clean``).
+    standardize : str or False
+        Standardisation of the denoised signal (``"zscore_sample"`` as nilearn).
+    filter : str
+        ``"butterworth"`` or ``"cosine"`` (nilearn ``signal.clean``).
+    nuisance_strategy : str
+        Confound strategy applied when an fMRIPrep confounds TSV sits beside the BOLD
+        (``"36P"``, ``"24P"``, ``"none"``, ...; see :mod:`neuroscale.analysis.confounds`).
+    alff_band : tuple of float
+        ALFF/fALFF band in Hz.
+    dc_threshold : float
+        Correlation threshold for degree centrality.
+    atlases : list of Path
+        Label images in the BOLD's world space.
+    seeds : list of (x, y, z, radius) in mm
+        Seed spheres.
+    mask : Path or None
+        A brain mask to use instead of computing one.
+    work_dir : Path or None
+        Working copies and intermediate stores (default ``OUTPUT_DIR/../neuroscale_work``...).
+    report : bool
+        Write the HTML report.
+    """
+
+    high_pass: float | None = 0.01
+    low_pass: float | None = 0.1
+    detrend: bool = True
+    standardize: str | bool = "zscore_sample"
+    filter: str = "butterworth"
+    nuisance_strategy: str = "36P"
+    alff_band: tuple[float, float] = (0.01, 0.1)
+    dc_threshold: float = 0.25
+    atlases: list[Path] = field(default_factory=list)
+    seeds: list[tuple[float, float, float, float]] = field(default_factory=list)
+    mask: Path | None = None
+    work_dir: Path | None = None
+    report: bool = True
+    progress: bool = True
+    carpet_rows: int = 1200
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one BOLD run."""
+
+    run: Any
+    outputs: dict[str, Path] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)
+    qc: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None
+    error: NeuroscaleError | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _label(path: Path) -> str:
+    """BIDS label (alphanumeric) from a file name: ``aal.nii.gz`` -> ``aal``."""
+    stem = path.name.split(".")[0]
+    for prefix in ("atlas-", "tpl-"):
+        if prefix in stem:
+            stem = stem.split(prefix, 1)[1].split("_")[0]
+    return "".join(ch for ch in stem if ch.isalnum()) or "atlas"
+
+
+class _RunContext:
+    """Bookkeeping of one run: output paths, provenance hashes, skip decisions."""
+
+    def __init__(self, run: Any, out_dir: Path, sources: list[tuple[Path, str | None, str]]) -> None:
+        self.run = run
+        self.out_dir = out_dir
+        self.sources = sources
+        self.outcome = RunOutcome(run=run)
+        self.started = _now()
+
+    def path(self, **kwargs: Any) -> Path:
+        from neuroscale.bids.derivatives import derivative_path
+
+        return derivative_path(self.out_dir, self.run.entities, **kwargs)
+
+    def hash(self, params: dict[str, Any], extra_sources: list[str] | None = None) -> str:
+        from neuroscale.provenance import provenance_hash
+
+        shas = [s[2] for s in self.sources] + list(extra_sources or [])
+        return provenance_hash(shas, params)
+
+    def up_to_date(self, path: Path, digest: str) -> bool:
+        from neuroscale.provenance import is_up_to_date
+
+        return bool(is_up_to_date(path, digest))
+
+    def record(self, name: str, path: Path, params: dict[str, Any],
+               extra_sources: list[tuple[Path, str | None, str]] | None = None) -> None:
+        from neuroscale.provenance import write_provenance
+
+        write_provenance(
+            path,
+            sources=self.sources + list(extra_sources or []),
+            parameters=params,
+            started=self.started,
+            ended=_now(),
+        )
+        self.outcome.outputs[name] = path
+        self.outcome.computed.append(name)
+
+
+def _sha256(path: Path) -> str:
+    from neuroscale.provenance import sha256_file
+
+    return str(sha256_file(path))
+
+
+def process_bold_run(
+    run: Any,
+    out_dir: Path,
+    config: ParticipantConfig,
+    client: Any = None,
+) -> RunOutcome:
+    """Analyse one BOLD run; see the module docstring for the steps.
+
+    Parameters
+    ----------
+    run : neuroscale.bids.layout.BoldRun
+        The run.
+    out_dir : Path
+        Derivatives root.
+    config : ParticipantConfig
+        Parameters.
+    client : distributed.Client or None
+        Where to compute (None: Dask's local threaded scheduler).
+
+    Returns
+    -------
+    RunOutcome
+
+    Raises
+    ------
+    NeuroscaleError
+        Bad input (format, metadata, unsuitable data); nothing half-written is left.
+    """
+    import dask.array as da
+
+    from neuroscale.analysis import alff as alff_mod
+    from neuroscale.analysis import centrality, denoise, qc, reho, seed
+    from neuroscale.analysis.confounds import find_confounds_file, load_confounds
+    from neuroscale.analysis.mask import compute_brain_mask, load_mask
+    from neuroscale.compute.cluster import compute_with_progress
+    from neuroscale.image import Series, open_image, values_to_volume
+    from neuroscale.io.nifti import read_nifti_info, save_nifti
+    from neuroscale.io.zarr_cache import ingest_nifti
+
+    work = Path(config.work_dir or out_dir / "work").resolve()
+    cache_root = work / "zarr"
+    bold = Path(run.path)
+    t_r_sidecar = run.t_r
+
+    # -- 1. validate + ingest (one streaming pass, on a worker) ------------------------------
+    info = read_nifti_info(bold)
+    if info.ndim != 4 or info.shape[3] < 2:
+        raise AnalysisError(f"a BOLD run must be 4D with >= 2 volumes, got shape {info.shape}",
+                            bold)
+    t_r = t_r_sidecar if t_r_sidecar is not None else info.t_r_header
+    if t_r is None or not np.isfinite(t_r) or t_r <= 0:
+        from neuroscale.errors import MissingMetadataError
+
+        raise MissingMetadataError(
+            "repetition time missing or zero (RepetitionTime in the JSON sidecar, pixdim[4])",
+            bold)
+    if client is not None:
+        client.submit(ingest_nifti, bold, cache_root, info=info, pure=False).result()
+    image = open_image(bold, cache_dir=cache_root, t_r=t_r)
+    bold_sha = image.meta["sha256"]
+    sources: list[tuple[Path, str | None, str]] = [(bold, str(run.relpath), bold_sha)]
+    ctx = _RunContext(run, out_dir, sources)
+    outcome = ctx.outcome
+    prefix = bold.name.split("_bold")[0]
+    run_work = work / "runs" / prefix
+    run_work.mkdir(parents=True, exist_ok=True)
+
+    # -- confounds -----------------------------------------------------------------------------
+    confounds = None
+    confound_names: list[str] = []
+    confound_sources: list[tuple[Path, str | None, str]] = []
+    strategy = config.nuisance_strategy
+    conf_path = find_confounds_file(bold)
+    if conf_path is not None and strategy.lower() != "none":
+        confounds, confound_names = load_confounds(conf_path, strategy=strategy)
+        if confounds.shape[0] != image.n_volumes:
+            raise AnalysisError(
+                f"confounds have {confounds.shape[0]} rows but the BOLD has {image.n_volumes} "
+                "volumes", conf_path)
+        confound_sources = [(conf_path, None, _sha256(conf_path))]
+    elif strategy.lower() != "none":
+        outcome.warnings.append(
+            f"no fMRIPrep confounds file beside {bold.name}: nuisance strategy {strategy} not "
+            "applied (detrending and band-pass only)")
+        strategy = "none"
+    conf_shas = [s[2] for s in confound_sources]
+
+    # -- 2. mask -------------------------------------------------------------------------------
+    mask_params: dict[str, Any] = {"mask": "nilearn.masking.compute_epi_mask (defaults)"}
+    mask_sources: list[tuple[Path, str | None, str]] = []
+    if config.mask is not None:
+        mask = load_mask(config.mask, image)
+        mask_sources = [(Path(config.mask), None, _sha256(Path(config.mask)))]
+        mask_params = {"mask": str(config.mask), "mask_sha256": mask_sources[0][2]}
+    else:
+        mask = compute_brain_mask(image)
+    mask_path = ctx.path(desc="brain", suffix="mask", extension=".nii.gz")
+    mask_hash = ctx.hash(mask_params, [s[2] for s in mask_sources])
+    if ctx.up_to_date(mask_path, mask_hash):
+        outcome.skipped.append("mask")
+        outcome.outputs["mask"] = mask_path
+    else:
+        save_nifti(mask.astype(np.uint8), image.affine, mask_path, header=info.header,
+                   dtype=np.uint8)
+        ctx.record("mask", mask_path, mask_params, mask_sources)
+    raw = image.to_series(mask)
+    base_params = {**mask_params}
+
+    den_params = {
+        **base_params,
+        "detrend": config.detrend,
+        "standardize": config.standardize,
+        "high_pass_hz": config.high_pass,
+        "low_pass_hz": config.low_pass,
+        "filter": config.filter,
+        "t_r_s": t_r,
+        "nuisance_strategy": strategy,
+        "confounds": confound_names,
+    }
+    alff_params = {**base_params, "detrend": config.detrend, "nuisance_strategy": strategy,
+                   "confounds": confound_names, "band_hz": list(config.alff_band), "t_r_s": t_r}
+
+    # -- plan outputs ----------------------------------------------------------------------------
+    def plan(name: str, path: Path, params: dict[str, Any], extra: list[str] | None = None
+             ) -> tuple[str, Path, dict[str, Any], str, bool]:
+        digest = ctx.hash(params, (extra or []) + conf_shas + [s[2] for s in mask_sources])
+        fresh = ctx.up_to_date(path, digest)
+        if fresh:
+            outcome.skipped.append(name)
+            outcome.outputs[name] = path
+        return name, path, params, digest, not fresh
+
+    qc_plan = plan("qc", ctx.path(desc="qc", suffix="bold", extension=".json"), base_params)
+    tsnr_plan = plan("tsnr", ctx.path(stat="tsnr", suffix="boldmap", extension=".nii.gz"),
+                     base_params)
+    alff_plan = plan("alff", ctx.path(stat="alff", suffix="boldmap", extension=".nii.gz"),
+                     alff_params)
+    falff_plan = plan("falff", ctx.path(stat="falff", suffix="boldmap", extension=".nii.gz"),
+                      alff_params)
+    reho_plan = plan("reho", ctx.path(stat="reho", suffix="boldmap", extension=".nii.gz"),
+                     den_params)
+    dc_params = {**den_params, "threshold_r": config.dc_threshold}
+    dcb_plan = plan("dcb", ctx.path(stat="dcb", suffix="boldmap", extension=".nii.gz"), dc_params)
+    dcw_plan = plan("dcw", ctx.path(stat="dcw", suffix="boldmap", extension=".nii.gz"), dc_params)
+
+    atlas_plans = []
+    for atlas_path in config.atlases:
+        atlas_path = Path(atlas_path)
+        name = _label(atlas_path)
+        a_sha = _sha256(atlas_path)
+        a_params = {**den_params, "atlas": str(atlas_path), "atlas_sha256": a_sha,
+                    "resampling": "nearest"}
+        files = {
+            "timeseries": ctx.path(atlas=name, stat="mean", suffix="timeseries", extension=".tsv"),
+            "pearson": ctx.path(atlas=name, stat="pearsoncorrelation", suffix="relmat",
+                                extension=".tsv"),
+            "partial": ctx.path(atlas=name, stat="partialcorrelation", suffix="relmat",
+                                extension=".tsv"),
+            "coverage": ctx.path(atlas=name, stat="coverage", suffix="bold", extension=".tsv"),
+        }
+        digest = ctx.hash(a_params, [a_sha] + conf_shas)
+        fresh = all(ctx.up_to_date(p, digest) for p in files.values())
+        if fresh:
+            outcome.skipped.append(f"atlas-{name}")
+            for key, p in files.items():
+                outcome.outputs[f"atlas-{name}-{key}"] = p
+        atlas_plans.append((name, atlas_path, a_sha, a_params, files, not fresh))
+
+    seed_plans = []
+    for i, (sx, sy, sz, sr) in enumerate(config.seeds, start=1):
+        s_params = {**den_params, "seed_center_mm": [sx, sy, sz], "seed_radius_mm": sr}
+        seed_plans.append(plan(f"seed-{i}", ctx.path(seed=str(i), stat="fisherz",
+                                                      suffix="boldmap", extension=".nii.gz"),
+                               s_params))
+
+    carpet_path = run_work / "carpet.npy"
+    need_phase_b = any(p[4] for p in (reho_plan, dcb_plan, dcw_plan, *seed_plans)) or any(
+        a[5] for a in atlas_plans)
+    need_qc = qc_plan[4] or tsnr_plan[4] or not carpet_path.exists()
+
+    # -- 3. phase A: one graph over the raw series ---------------------------------------------
+    den_store = run_work / "denoised.zarr"
+    den_hash = ctx.hash(den_params, conf_shas + [s[2] for s in mask_sources])
+    den_marker = den_store / "_provenance_hash"
+    den_fresh = den_marker.is_file() and den_marker.read_text() == den_hash
+    clean_kwargs = dict(
+        t_r=t_r, detrend=config.detrend, standardize=config.standardize,
+        low_pass=config.low_pass, high_pass=config.high_pass, filter=config.filter,
+        confounds=confounds,
+    )
+    lazy: dict[str, Any] = {}
+    if need_qc:
+        lazy["qc"] = qc.qc_arrays(raw)
+        n_rows = min(config.carpet_rows, raw.n_voxels)
+        rows = np.unique(np.linspace(0, raw.n_voxels - 1, n_rows).astype(int))
+        lazy["carpet"] = raw.data[:, rows]
+    if alff_plan[4] or falff_plan[4]:
+        unfiltered = denoise.clean(raw, t_r=t_r, detrend=config.detrend, standardize=False,
+                                   low_pass=None, high_pass=None, confounds=confounds)
+        lazy["alff"] = alff_mod.alff(unfiltered, low=config.alff_band[0],
+                                     high=config.alff_band[1])
+    den_write = None
+    if need_phase_b and not den_fresh:
+        denoised = denoise.clean(raw, **clean_kwargs)
+        import shutil
+
+        shutil.rmtree(den_store, ignore_errors=True)
+        den_write = denoised.data.to_zarr(str(den_store), overwrite=True, compute=False,
+                                          zarr_format=3)
+    collections: list[Any] = []
+    keys: list[str] = []
+    for key, value in lazy.items():
+        keys.append(key)
+        collections.append(value)
+    if den_write is not None:
+        keys.append("denoised")
+        collections.append(den_write)
+    if collections:
+        results = compute_with_progress(client, collections, label=f"{prefix}: QC, ALFF, denoising",
+                                        progress=config.progress)
+        computed = dict(zip(keys, results, strict=True))
+    else:
+        computed = {}
+    if den_write is not None:
+        den_marker.write_text(den_hash)
+
+    if "qc" in computed:
+        qc_values = computed["qc"]
+        summary = qc.qc_summary(qc_values, t_r=t_r)
+        carpet = np.asarray(computed["carpet"], dtype=np.float32)
+        np.save(carpet_path, carpet)
+        traces = {k: np.asarray(v).tolist() for k, v in qc_values.items()
+                  if np.ndim(v) == 1 and np.size(v) == image.n_volumes}
+        qc_doc = {**summary, "traces": traces, "n_volumes": image.n_volumes,
+                  "n_voxels_in_mask": int(mask.sum()), "t_r_s": t_r}
+        if qc_plan[4]:
+            _write_json_output(ctx, "qc", qc_plan[1], qc_doc, qc_plan[2])
+        if tsnr_plan[4]:
+            save_nifti(values_to_volume(np.asarray(qc_values["tsnr"], dtype=np.float32), mask),
+                       image.affine, tsnr_plan[1], header=info.header)
+            ctx.record("tsnr", tsnr_plan[1], tsnr_plan[2])
+    if "alff" in computed:
+        alff_v, falff_v = computed["alff"]
+        for plan_, values in ((alff_plan, alff_v), (falff_plan, falff_v)):
+            if plan_[4]:
+                save_nifti(values_to_volume(np.asarray(values, dtype=np.float32), mask),
+                           image.affine, plan_[1], header=info.header)
+                ctx.record(plan_[0], plan_[1], plan_[2])
+
+    # -- 4. phase B: one graph over the denoised store ---------------------------------------
+    if need_phase_b:
+        den_data = da.from_zarr(str(den_store))
+        den_data = den_data.rechunk({0: -1})
+        den = Series(data=den_data, mask=mask, affine=image.affine, t_r=t_r,
+                     header=info.header, source=bold)
+        lazy_b: dict[str, Any] = {}
+        if reho_plan[4]:
+            lazy_b["reho"] = reho.reho(den)
+        if dcb_plan[4] or dcw_plan[4]:
+            lazy_b["dc"] = centrality.degree_centrality(den, threshold=config.dc_threshold)
+        atlases_loaded = {}
+        if any(a[5] for a in atlas_plans):
+            from neuroscale.analysis import parcellate
+
+            for name, atlas_path, _, _, _, needed in atlas_plans:
+                if not needed:
+                    continue
+                atlas = parcellate.load_atlas(atlas_path, image.affine, image.shape[:3])
+                atlases_loaded[name] = atlas
+                lazy_b[f"atlas-{name}"] = parcellate.parcel_timeseries(den, atlas)
+        for (name, *_rest), (sx, sy, sz, sr) in zip(seed_plans, config.seeds, strict=True):
+            if _rest[3]:
+                lazy_b[name] = seed.seed_correlation(den, center_mm=(sx, sy, sz), radius_mm=sr)
+        results_b = compute_with_progress(client, list(lazy_b.values()),
+                                          label=f"{prefix}: ReHo, centrality, connectivity",
+                                          progress=config.progress)
+        computed_b = dict(zip(lazy_b.keys(), results_b, strict=True))
+        if "reho" in computed_b:
+            save_nifti(values_to_volume(np.asarray(computed_b["reho"], np.float32), mask),
+                       image.affine, reho_plan[1], header=info.header)
+            ctx.record("reho", reho_plan[1], reho_plan[2])
+        if "dc" in computed_b:
+            dcb_v, dcw_v = computed_b["dc"]
+            for plan_, values in ((dcb_plan, dcb_v), (dcw_plan, dcw_v)):
+                save_nifti(values_to_volume(np.asarray(values, np.float32), mask),
+                           image.affine, plan_[1], header=info.header)
+                ctx.record(plan_[0], plan_[1], plan_[2])
+        for seed_plan in seed_plans:
+            if seed_plan[0] in computed_b:
+                save_nifti(values_to_volume(np.asarray(computed_b[seed_plan[0]], np.float32),
+                                            mask), image.affine, seed_plan[1], header=info.header)
+                ctx.record(seed_plan[0], seed_plan[1], seed_plan[2])
+        for name, atlas_path, a_sha, a_params, files, needed in atlas_plans:
+            if not needed:
+                continue
+            _write_atlas_outputs(ctx, name, atlas_path, a_sha, a_params, files,
+                                 atlases_loaded[name], np.asarray(computed_b[f"atlas-{name}"]),
+                                 mask, outcome)
+
+    # -- 5. report ------------------------------------------------------------------------------
+    qc_doc = json.loads(outcome.outputs["qc"].read_text()) if "qc" in outcome.outputs else {}
+    outcome.qc = {k: v for k, v in qc_doc.items() if k not in ("traces", "Provenance")}
+    return outcome
+
+
+def _write_json_output(ctx: _RunContext, name: str, path: Path, doc: dict[str, Any],
+                       params: dict[str, Any]) -> None:
+    from neuroscale.io.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(doc, indent=2, default=_json_default))
+    ctx.record(name, path, params)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _write_atlas_outputs(ctx: _RunContext, name: str, atlas_path: Path, a_sha: str,
+                         params: dict[str, Any], files: dict[str, Path], atlas: Any,
+                         timeseries: np.ndarray, mask: np.ndarray, outcome: RunOutcome) -> None:
+    from neuroscale.analysis import connectivity, parcellate
+    from neuroscale.io.atomic import atomic_write_text
+
+    extra = [(atlas_path, None, a_sha)]
+    names = list(atlas.names)
+    connectivity.write_timeseries_tsv(files["timeseries"], timeseries, names)
+    mats = connectivity.correlation_matrices(timeseries)
+    connectivity.write_relmat_tsv(files["pearson"], mats["pearson"], names)
+    connectivity.write_relmat_tsv(files["partial"], mats["partial"], names)
+    coverage = parcellate.parcel_coverage(mask, atlas)
+    lines = ["label\tname\tcoverage"] + [
+        f"{int(v)}\t{n}\t{c:.6g}" for v, n, c in zip(atlas.values, names, coverage, strict=True)]
+    atomic_write_text(files["coverage"], "\n".join(lines) + "\n")
+    empty = [n for n, c in zip(names, coverage, strict=True) if not c > 0]
+    if empty:
+        outcome.warnings.append(
+            f"atlas {name}: {len(empty)} of {len(names)} parcels have no voxel in the brain mask")
+    for key, path in files.items():
+        ctx.record(f"atlas-{name}-{key}", path, params, extra)
+
+
+def run_participant(
+    bids_dir: Path,
+    out_dir: Path,
+    config: ParticipantConfig,
+    *,
+    participant_labels: list[str] | None = None,
+    filters: dict[str, Any] | None = None,
+    client: Any = None,
+) -> list[RunOutcome]:
+    """Run the participant level on every selected BOLD run and write the reports.
+
+    Parameters
+    ----------
+    bids_dir : Path
+        BIDS dataset root.
+    out_dir : Path
+        Derivatives root (created).
+    config : ParticipantConfig
+        Parameters.
+    participant_labels : list of str, optional
+        Labels with or without ``sub-``; default all.
+    filters : dict, optional
+        BIDS filter (``--bids-filter-file`` content).
+    client : distributed.Client, optional
+        Where to compute.
+
+    Returns
+    -------
+    list of RunOutcome
+        One per run; runs that failed carry ``error``.
+
+    Raises
+    ------
+    BIDSError, NoBoldRunError
+        Not a BIDS dataset, or no BOLD run selected.
+    """
+    from neuroscale.bids.derivatives import write_dataset_description
+    from neuroscale.bids.layout import find_bold_runs
+
+    runs = find_bold_runs(bids_dir, participant_labels=participant_labels, filters=filters)
+    out_dir = Path(out_dir)
+    for path in config.atlases:
+        if not Path(path).is_file():
+            from neuroscale.errors import InputNotFoundError
+
+            raise InputNotFoundError("atlas not found", path)
+    if config.mask is not None and not Path(config.mask).is_file():
+        raise ConfigurationError("mask not found", config.mask)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(out_dir, [Path(bids_dir)], version=__version__)
+    outcomes = []
+    for run in runs:
+        print(f"neuroscale: {run.relpath}", file=sys.stderr)
+        try:
+            outcome = process_bold_run(run, out_dir, config, client)
+        except NeuroscaleError as exc:
+            outcome = RunOutcome(run=run, error=exc)
+        outcomes.append(outcome)
+    if config.report:
+        _write_reports(out_dir, outcomes, config)
+    return outcomes
+
+
+def _write_reports(out_dir: Path, outcomes: list[RunOutcome], config: ParticipantConfig) -> None:
+    from neuroscale.pipelines.reporting import write_participant_reports
+
+    write_participant_reports(out_dir, outcomes, config_dict=dataclasses.asdict(config),
+                              work_dir=config.work_dir)
