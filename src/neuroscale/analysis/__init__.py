@@ -1,0 +1,1 @@
+"""Graph-level analyses on lazy images and series (lazy in, lazy out)."""

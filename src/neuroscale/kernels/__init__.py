@@ -1,0 +1,1 @@
+"""Pure per-chunk NumPy kernels: no Dask, no I/O, no globals."""
