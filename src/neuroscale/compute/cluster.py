@@ -101,6 +101,8 @@ def cluster_client(
     """
     from distributed import Client, LocalCluster
 
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if scheduler:
         try:
             client = Client(scheduler, timeout="20s")
@@ -183,12 +185,18 @@ def compute_with_progress(
         return []
     if client is None:
         return list(dask.compute(*collections))
+    import time
+
+    start = time.perf_counter()
     futures = client.compute(list(collections))
-    if progress:
+    if label:
+        print(label, file=sys.stderr)
+    if progress and sys.stdout.isatty():
         from distributed import progress as dprogress
 
-        if label:
-            print(label, file=sys.stderr)
         dprogress(futures)
         print(file=sys.stderr)
-    return list(client.gather(futures))
+    results = list(client.gather(futures))
+    if label:
+        print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return results

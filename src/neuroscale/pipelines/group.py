@@ -114,7 +114,7 @@ def run_group(out_dir: str | Path) -> GroupResult:
         atlas = _entities_from_name(path.name).get("atlas", "atlas")
         by_atlas.setdefault(atlas, []).append(path)
     for atlas, paths in by_atlas.items():
-        frames = [pd.read_csv(p, sep="\t") for p in paths]
+        frames = [pd.read_csv(p, sep="\t", index_col="Node") for p in paths]
         names = list(frames[0].columns)
         stack = [fisher_z(f[names].to_numpy(dtype=float)) for f in frames
                  if list(f.columns) == names]

@@ -100,6 +100,12 @@ class RunOutcome:
     report: Path | None = None
     error: NeuroscaleError | None = None
     warnings: list[str] = field(default_factory=list)
+    #: small in-memory facts for the report: mean EPI (x, y, z), affine, t_r, mask, carpet path
+    mean: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    affine: np.ndarray | None = None
+    t_r: float | None = None
+    carpet_path: Path | None = None
 
 
 def _now() -> datetime:
@@ -196,7 +202,6 @@ def process_bold_run(
     from neuroscale.analysis import centrality, denoise, qc, reho, seed
     from neuroscale.analysis.confounds import find_confounds_file, load_confounds
     from neuroscale.analysis.mask import compute_brain_mask, load_mask
-    from neuroscale.compute.cluster import compute_with_progress
     from neuroscale.image import Series, open_image, values_to_volume
     from neuroscale.io.nifti import read_nifti_info, save_nifti
     from neuroscale.io.zarr_cache import ingest_nifti
@@ -354,7 +359,7 @@ def process_bold_run(
     )
     lazy: dict[str, Any] = {}
     if need_qc:
-        lazy["qc"] = qc.qc_arrays(raw)
+        lazy["qc"] = qc.qc_arrays(raw, image=image)
         n_rows = min(config.carpet_rows, raw.n_voxels)
         rows = np.unique(np.linspace(0, raw.n_voxels - 1, n_rows).astype(int))
         lazy["carpet"] = raw.data[:, rows]
@@ -369,22 +374,15 @@ def process_bold_run(
         import shutil
 
         shutil.rmtree(den_store, ignore_errors=True)
-        den_write = denoised.data.to_zarr(str(den_store), overwrite=True, compute=False,
-                                          zarr_format=3)
-    collections: list[Any] = []
-    keys: list[str] = []
-    for key, value in lazy.items():
-        keys.append(key)
-        collections.append(value)
+        # Zarr needs regular chunks: the slab chunks are irregular, so even them out (local
+        # split/merge of neighbouring chunks, no shuffle)
+        regular = denoised.data.rechunk({0: -1, 1: max(denoised.data.chunks[1])})
+        den_write = regular.to_zarr(str(den_store), overwrite=True, compute=False,
+                                    zarr_format=3)
     if den_write is not None:
-        keys.append("denoised")
-        collections.append(den_write)
-    if collections:
-        results = compute_with_progress(client, collections, label=f"{prefix}: QC, ALFF, denoising",
-                                        progress=config.progress)
-        computed = dict(zip(keys, results, strict=True))
-    else:
-        computed = {}
+        lazy["denoised"] = den_write
+    computed = _compute_named(client, lazy, label=f"{prefix}: QC, ALFF, denoising",
+                              progress=config.progress)
     if den_write is not None:
         den_marker.write_text(den_hash)
 
@@ -393,9 +391,9 @@ def process_bold_run(
         summary = qc.qc_summary(qc_values, t_r=t_r)
         carpet = np.asarray(computed["carpet"], dtype=np.float32)
         np.save(carpet_path, carpet)
-        traces = {k: np.asarray(v).tolist() for k, v in qc_values.items()
-                  if np.ndim(v) == 1 and np.size(v) == image.n_volumes}
-        qc_doc = {**summary, "traces": traces, "n_volumes": image.n_volumes,
+        scalars = {k: v for k, v in summary.items() if not isinstance(v, list)}
+        traces = {k: v for k, v in summary.items() if isinstance(v, list)}
+        qc_doc = {**scalars, "traces": traces, "n_volumes": image.n_volumes,
                   "n_voxels_in_mask": int(mask.sum()), "t_r_s": t_r}
         if qc_plan[4]:
             _write_json_output(ctx, "qc", qc_plan[1], qc_doc, qc_plan[2])
@@ -435,10 +433,9 @@ def process_bold_run(
         for (name, *_rest), (sx, sy, sz, sr) in zip(seed_plans, config.seeds, strict=True):
             if _rest[3]:
                 lazy_b[name] = seed.seed_correlation(den, center_mm=(sx, sy, sz), radius_mm=sr)
-        results_b = compute_with_progress(client, list(lazy_b.values()),
-                                          label=f"{prefix}: ReHo, centrality, connectivity",
-                                          progress=config.progress)
-        computed_b = dict(zip(lazy_b.keys(), results_b, strict=True))
+        computed_b = _compute_named(client, lazy_b,
+                                    label=f"{prefix}: ReHo, centrality, connectivity",
+                                    progress=config.progress)
         if "reho" in computed_b:
             save_nifti(values_to_volume(np.asarray(computed_b["reho"], np.float32), mask),
                        image.affine, reho_plan[1], header=info.header)
@@ -464,7 +461,39 @@ def process_bold_run(
     # -- 5. report ------------------------------------------------------------------------------
     qc_doc = json.loads(outcome.outputs["qc"].read_text()) if "qc" in outcome.outputs else {}
     outcome.qc = {k: v for k, v in qc_doc.items() if k not in ("traces", "Provenance")}
+    outcome.mean = image.mean().compute_volume()
+    outcome.mask = mask
+    outcome.affine = image.affine
+    outcome.t_r = t_r
+    outcome.carpet_path = carpet_path
     return outcome
+
+
+def _compute_named(client: Any, lazy: dict[str, Any], *, label: str, progress: bool
+                   ) -> dict[str, Any]:
+    """Compute a dict of (possibly nested: tuple/dict) dask collections in ONE graph."""
+    from neuroscale.compute.cluster import compute_with_progress
+
+    flat: list[tuple[tuple[str, Any], Any]] = []
+    for key, value in lazy.items():
+        if isinstance(value, dict):
+            flat.extend(((key, sub), v) for sub, v in value.items())
+        elif isinstance(value, tuple | list):
+            flat.extend(((key, i), v) for i, v in enumerate(value))
+        else:
+            flat.append(((key, None), value))
+    if not flat:
+        return {}
+    results = compute_with_progress(client, [v for _, v in flat], label=label, progress=progress)
+    out: dict[str, Any] = {}
+    for ((key, sub), _), result in zip(flat, results, strict=True):
+        if sub is None:
+            out[key] = result
+        elif isinstance(lazy[key], dict):
+            out.setdefault(key, {})[sub] = result
+        else:
+            out.setdefault(key, []).append(result)
+    return out
 
 
 def _write_json_output(ctx: _RunContext, name: str, path: Path, doc: dict[str, Any],

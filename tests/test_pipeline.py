@@ -1,0 +1,152 @@
+"""End to end: the BIDS App on the real example dataset, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from neuroscale.cli.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "ds-studyforrest-oneback"
+ATLAS = REPO / "examples" / "atlas" / "aal.nii.gz"
+SEED = "0,-66,3,8"
+PREFIX = "sub-02_task-oneback_run-1"
+
+
+@pytest.fixture(scope="module")
+def participant_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
+    out = tmp_path_factory.mktemp("deriv") / "out"
+    work = out.parent / "work"
+    code = main([str(EXAMPLE), str(out), "participant", "--participant-label", "02",
+                 "--atlas", str(ATLAS), "--seed", SEED, "--work-dir", str(work),
+                 "--n-workers", "2", "--memory-limit", "3GB", "--no-progress"])
+    return out, work, code
+
+
+@pytest.mark.slow
+def test_every_output_is_produced(participant_run: tuple[Path, Path, int]) -> None:
+    out, _, code = participant_run
+    assert code == 0
+    func = out / "sub-02" / "func"
+    expected = [
+        "desc-brain_mask.nii.gz", "desc-qc_bold.json",
+        "stat-tsnr_boldmap.nii.gz", "stat-alff_boldmap.nii.gz", "stat-falff_boldmap.nii.gz",
+        "stat-reho_boldmap.nii.gz", "stat-dcb_boldmap.nii.gz", "stat-dcw_boldmap.nii.gz",
+        "seed-1_stat-fisherz_boldmap.nii.gz",
+        "atlas-aal_stat-mean_timeseries.tsv", "atlas-aal_stat-pearsoncorrelation_relmat.tsv",
+        "atlas-aal_stat-partialcorrelation_relmat.tsv", "atlas-aal_stat-coverage_bold.tsv",
+    ]
+    for suffix in expected:
+        path = func / f"{PREFIX}_{suffix}"
+        assert path.is_file(), path
+        if not suffix.endswith(".json"):
+            sidecar = func / (path.name.split(".")[0] + ".json")
+            prov = json.loads(sidecar.read_text())
+            blob = json.dumps(prov)
+            assert "sha256" in blob.lower()
+            assert "neuroscale" in blob
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    assert desc["GeneratedBy"][0]["Name"] == "neuroscale"
+    report = out / "sub-02.html"
+    assert report.is_file() and report.stat().st_size > 50_000
+    assert not list(out.rglob(".tmp-*"))
+    # maps are in the BOLD's space and non-trivial inside the mask
+    bold = nib.load(EXAMPLE / "sub-02" / "func" / f"{PREFIX}_bold.nii.gz")
+    mask = np.asarray(nib.load(func / f"{PREFIX}_desc-brain_mask.nii.gz").dataobj) > 0
+    for stat in ("tsnr", "alff", "falff", "reho", "dcb", "dcw"):
+        img = nib.load(func / f"{PREFIX}_stat-{stat}_boldmap.nii.gz")
+        assert img.shape == bold.shape[:3]
+        np.testing.assert_allclose(img.affine, bold.affine, atol=1e-4)
+        values = np.asarray(img.dataobj)[mask]
+        assert np.isfinite(values).all() and values.std() > 0, stat
+    ts = pd.read_csv(func / f"{PREFIX}_atlas-aal_stat-mean_timeseries.tsv", sep="\t")
+    assert ts.shape[0] == 156
+    rel = pd.read_csv(func / f"{PREFIX}_atlas-aal_stat-pearsoncorrelation_relmat.tsv", sep="\t")
+    assert rel.shape[0] == rel.shape[1] == ts.shape[1]
+
+
+@pytest.mark.slow
+def test_rerun_skips_and_changed_parameter_recomputes_only_what_it_touches(
+    participant_run: tuple[Path, Path, int],
+) -> None:
+    from neuroscale.bids.layout import find_bold_runs
+    from neuroscale.pipelines.participant import ParticipantConfig, run_participant
+
+    out, work, _ = participant_run
+    config = ParticipantConfig(atlases=[ATLAS], seeds=[(0, -66, 3, 8)], work_dir=work,
+                               progress=False, report=False)
+    runs = find_bold_runs(EXAMPLE)
+    again = run_participant(EXAMPLE, out, config)
+    assert again[0].error is None
+    assert again[0].computed == [], again[0].computed
+    assert len(runs) == 1
+    config.dc_threshold = 0.3
+    changed = run_participant(EXAMPLE, out, config)[0]
+    assert sorted(changed.computed) == ["dcb", "dcw"], changed.computed
+
+
+@pytest.mark.slow
+def test_group_level(participant_run: tuple[Path, Path, int]) -> None:
+    out, _, _ = participant_run
+    assert main([str(EXAMPLE), str(out), "group"]) == 0
+    table = pd.read_csv(out / "group_bold_qc.tsv", sep="\t")
+    assert len(table) == 1
+    assert any(c.endswith("_outlier") for c in table.columns)
+    assert (out / "group.html").is_file()
+    assert list(out.glob("group_atlas-aal_*relmat.tsv"))
+
+
+def test_not_a_bids_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "data").mkdir()
+    code = main([str(tmp_path / "data"), str(tmp_path / "out"), "participant"])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "error" in err and "data" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_bold_for_participant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main([str(EXAMPLE), str(tmp_path / "out"), "participant", "--participant-label", "99"])
+    assert code != 0
+    assert "99" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _copy_example(tmp_path: Path) -> Path:
+    dst = tmp_path / "ds"
+    shutil.copytree(EXAMPLE, dst)
+    return dst
+
+
+def test_missing_tr_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ds = tmp_path / "ds"
+    (ds / "sub-01" / "func").mkdir(parents=True)
+    (ds / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.8.0"}))
+    img = nib.Nifti1Image(np.random.default_rng(0).normal(100, 1, (8, 8, 6, 20)).astype(np.float32),
+                          np.eye(4))
+    img.header.set_zooms((3, 3, 3, 0))
+    nib.save(img, ds / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz")
+    code = main([str(ds), str(tmp_path / "out"), "participant", "--n-workers", "1",
+                 "--no-progress"])
+    assert code != 0
+    err = capsys.readouterr()
+    assert "repetition time" in (err.err + err.out).lower()
+    assert not list((tmp_path / "out").rglob("*.nii.gz"))
+
+
+def test_cli_entry_point_installed() -> None:
+    result = subprocess.run([sys.executable, "-m", "neuroscale.cli.main", "--help"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    assert "participant" in result.stdout and "--scheduler" in result.stdout
