@@ -1,0 +1,119 @@
+"""Voxelwise degree centrality, computed tile by tile (the N x N matrix never exists).
+
+Definitions (C-PAC network centrality, ``CPAC.network_centrality``; Zuo et al. 2012, Cereb
+Cortex 22:1862; Buckner et al. 2009, J Neurosci 29:1860): with ``r_ij`` the Pearson correlation
+of voxels ``i`` and ``j`` over time,
+
+* binarised degree ``DC_b(i) = #{ j != i : r_ij > threshold }``;
+* weighted degree ``DC_w(i) = sum_{ j != i, r_ij > threshold } r_ij``.
+
+Algorithm: each voxel block is centred and scaled to unit norm (``Z``, float32), so that
+``Z_a.T @ Z_b`` is the correlation tile between blocks ``a`` and ``b``.  For every pair
+``a <= b`` (the symmetric half only) one task forms that tile, thresholds it and reduces it to
+row sums (partials for block ``a``) and column sums (partials for block ``b``); the partials
+of each block are then summed.  A tile is at most ``block_size**2`` float32 values (64 MB with
+the default 4096).  Correlations use float32 GEMM on z-scored data rather than
+``np.corrcoef``, which segfaults on >= ~18k rows with OpenBLAS (numpy#19685).
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+
+from neuroscale.errors import AnalysisError, ConfigurationError
+from neuroscale.image import Series
+from neuroscale.kernels.maps import correlation_tile_degrees, zscore_block
+
+__all__ = ["degree_centrality", "default_block_size"]
+
+_TILE_BYTES = 64 * 2**20
+
+
+def default_block_size(n_timepoints: int, tile_bytes: int = _TILE_BYTES) -> int:
+    """Voxels per block so that one float32 tile (block x block) is <= ``tile_bytes``.
+
+    Also keeps each z-scored block ``(n_timepoints, block)`` float32 under ``tile_bytes``.
+    """
+    by_tile = int(np.sqrt(tile_bytes / 4))
+    by_block = max(1, tile_bytes // (4 * max(n_timepoints, 1)))
+    return max(1, min(by_tile, by_block))
+
+
+def _sum_partials(*parts: np.ndarray) -> np.ndarray:
+    total = np.zeros_like(parts[0])
+    for p in parts:
+        total += p
+    return total.astype(np.float32)
+
+
+def _take(part: np.ndarray, start: int, stop: int) -> np.ndarray:
+    return part[:, start:stop]
+
+
+def degree_centrality(
+    series: Series, threshold: float = 0.25, block_size: int | None = None
+) -> tuple[da.Array, da.Array]:
+    """Binarised and weighted degree centrality of every in-mask voxel, lazily.
+
+    Parameters
+    ----------
+    series : Series
+        ``(n_timepoints, n_voxels)`` float32 in-mask time series.
+    threshold : float
+        Correlation threshold: an edge is ``r > threshold`` (default 0.25, C-PAC's usual
+        correlation threshold).
+    block_size : int, optional
+        Voxels per block; default :func:`default_block_size` (tiles of <= 64 MB).
+
+    Returns
+    -------
+    dcb : (n_voxels,) dask array of float32
+        Number of other voxels with ``r > threshold``.
+    dcw : (n_voxels,) dask array of float32
+        Sum of those ``r``.
+
+    Both come from the same tasks (compute them together).  Cost: ``n_blocks (n_blocks + 1) / 2``
+    tiles of ``2 T block_size**2`` flops each.
+
+    Raises
+    ------
+    ConfigurationError
+        ``threshold`` not in [-1, 1) or ``block_size`` < 1.
+    AnalysisError
+        Fewer than 3 time points.
+    """
+    if not -1.0 <= threshold < 1.0:
+        raise ConfigurationError(f"correlation threshold must be in [-1, 1), got {threshold}")
+    n_t = series.n_timepoints
+    if n_t < 3:
+        raise AnalysisError(f"degree centrality needs at least 3 time points, got {n_t}",
+                            series.source)
+    if block_size is None:
+        block_size = default_block_size(n_t)
+    if block_size < 1:
+        raise ConfigurationError(f"block_size must be >= 1, got {block_size}")
+    z = series.data.rechunk({0: -1, 1: int(block_size)}).map_blocks(
+        zscore_block, dtype=np.float32, meta=np.empty((0, 0), np.float32)
+    )
+    sizes = z.chunks[1]
+    nb = len(sizes)
+    zblocks = z.to_delayed().ravel()
+    partials: list[list[object]] = [[] for _ in range(nb)]
+    tile_fn = dask.delayed(correlation_tile_degrees, pure=True)
+    take = dask.delayed(_take, pure=True)
+    for a in range(nb):
+        for b in range(a, nb):
+            tile = tile_fn(zblocks[a], zblocks[b], float(threshold), a == b)
+            partials[a].append(take(tile, 0, sizes[a]))
+            if b != a:
+                partials[b].append(take(tile, sizes[a], sizes[a] + sizes[b]))
+    summer = dask.delayed(_sum_partials, pure=True)
+    per_block = [
+        da.from_delayed(summer(*partials[a]), shape=(2, sizes[a]), dtype=np.float32,
+                        meta=np.empty((0, 0), np.float32))
+        for a in range(nb)
+    ]
+    both = da.concatenate(per_block, axis=1)
+    return both[0], both[1]

@@ -1,0 +1,257 @@
+"""Per-chunk NumPy kernels for voxelwise maps: ALFF/fALFF, ReHo, degree centrality, seed r.
+
+Pure functions on one ``(n_timepoints, n_voxels)`` block (voxels in columns); no Dask, no I/O.
+The graph-level wrappers live in :mod:`neuroscale.analysis` (``alff``, ``reho``,
+``centrality``, ``seed``), where the definitions and their sources are documented.
+"""
+
+from __future__ import annotations
+
+from itertools import product
+
+import numpy as np
+
+__all__ = [
+    "alff_block",
+    "correlation_tile_degrees",
+    "kendall_w_block",
+    "neighbour_index",
+    "pearson_with_seed_block",
+    "seed_fisher_z_block",
+    "zscore_block",
+]
+
+# columns processed at once inside a kernel, to bound float64 temporaries (~8 MB per array)
+_BATCH_ELEMENTS = 1 << 20
+
+
+def _batches(n_rows: int, n_cols: int) -> list[slice]:
+    step = max(1, _BATCH_ELEMENTS // max(n_rows, 1))
+    return [slice(a, min(a + step, n_cols)) for a in range(0, n_cols, step)]
+
+
+def _linear_detrend(x: np.ndarray) -> np.ndarray:
+    """Remove the least-squares line from each column (as ``scipy.signal.detrend``), float64."""
+    n = x.shape[0]
+    x = np.asarray(x, dtype=np.float64)
+    if n < 2:
+        return x - x.mean(axis=0)
+    t = np.arange(n, dtype=np.float64)
+    t -= t.mean()
+    x = x - x.mean(axis=0)
+    slope = (t @ x) / (t @ t)
+    return x - np.outer(t, slope)
+
+
+def alff_block(block: np.ndarray, t_r: float, low: float, high: float) -> np.ndarray:
+    """ALFF and fALFF of each column.
+
+    Parameters
+    ----------
+    block : (n_timepoints, n_voxels) ndarray
+        Time series in columns.
+    t_r : float
+        Sampling interval, seconds.
+    low, high : float
+        Band limits, Hz (inclusive).
+
+    Returns
+    -------
+    (2, n_voxels) ndarray of float32
+        Row 0: ALFF, the mean single-sided amplitude ``2 |X_k| / T`` over the FFT bins
+        ``k`` with ``low <= f_k <= high`` of the linearly detrended series; row 1: fALFF,
+        the sum of the amplitudes in the band over their sum over all bins ``f_k > 0`` (0 for
+        a constant series). The Nyquist bin of an even ``T`` has amplitude ``|X_k| / T``.
+        Definitions of Zang et al. (2007) / Zou et al. (2008) as in REST / DPABI.
+    """
+    n_t, n_v = block.shape
+    out = np.zeros((2, n_v), dtype=np.float32)
+    if n_t < 2 or n_v == 0:
+        return out
+    freqs = np.fft.rfftfreq(n_t, d=t_r)
+    scale = np.full(freqs.shape, 2.0 / n_t)
+    scale[0] = 1.0 / n_t
+    if n_t % 2 == 0:
+        scale[-1] = 1.0 / n_t
+    tol = 1e-9 * freqs[1]
+    in_band = (freqs >= low - tol) & (freqs <= high + tol) & (freqs > 0)
+    n_band = int(in_band.sum())
+    for sl in _batches(n_t, n_v):
+        x = _linear_detrend(block[:, sl])
+        amp = np.abs(np.fft.rfft(x, axis=0)) * scale[:, None]
+        band_sum = amp[in_band].sum(axis=0)
+        total = amp[1:].sum(axis=0)
+        out[0, sl] = band_sum / n_band if n_band else 0.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[1, sl] = np.where(total > 0, band_sum / np.where(total > 0, total, 1.0), 0.0)
+    return out
+
+
+def neighbour_index(mask_ext: np.ndarray, x_lo: int, x_hi: int) -> np.ndarray:
+    """Column indices of the 27-voxel neighbourhood of every in-mask voxel of a slab.
+
+    Parameters
+    ----------
+    mask_ext : (xs, y, z) ndarray of bool
+        Mask of the slab with its halo planes; its in-mask voxels, in C order, are the columns
+        of the block the indices point into.
+    x_lo, x_hi : int
+        The slab proper is ``mask_ext[x_lo:x_hi]`` (the rest is halo).
+
+    Returns
+    -------
+    (n_center, 27) ndarray of intp
+        For each in-mask voxel of the slab proper (C order), the column of each of its 27
+        neighbours (itself included), or ``n_ext`` (one past the last column) where the
+        neighbour is outside the mask or the grid.
+    """
+    n_ext = int(mask_ext.sum())
+    idx = np.full(mask_ext.shape, n_ext, dtype=np.intp)
+    idx[mask_ext] = np.arange(n_ext)
+    pad = np.pad(idx, 1, constant_values=n_ext)
+    cx, cy, cz = np.nonzero(mask_ext[x_lo:x_hi])
+    cx = cx + x_lo
+    out = np.empty((cx.size, 27), dtype=np.intp)
+    for j, (dx, dy, dz) in enumerate(product((-1, 0, 1), repeat=3)):
+        out[:, j] = pad[cx + 1 + dx, cy + 1 + dy, cz + 1 + dz]
+    return out
+
+
+def _ranks(block: np.ndarray) -> np.ndarray:
+    """Average ranks (1..T, ties averaged) of each column, float32 (exact: halves < 2**23)."""
+    from scipy.stats import rankdata
+
+    out = np.empty(block.shape, dtype=np.float32)
+    for sl in _batches(*block.shape):
+        out[:, sl] = rankdata(block[:, sl], axis=0, method="average")
+    return out
+
+
+def kendall_w_block(block_ext: np.ndarray, mask_ext: np.ndarray, x_lo: int,
+                    x_hi: int) -> np.ndarray:
+    """Kendall's W (ReHo) of each in-mask voxel of a slab with its in-mask 26 neighbours.
+
+    Parameters
+    ----------
+    block_ext : (n_timepoints, n_ext) ndarray
+        Time series of the in-mask voxels of ``mask_ext`` (C order): the slab and its halo.
+    mask_ext : (xs, y, z) ndarray of bool
+        Slab mask including the halo x-planes.
+    x_lo, x_hi : int
+        x-range of the slab proper within ``mask_ext``.
+
+    Returns
+    -------
+    (n_center,) ndarray of float32
+        ``W = 12 S / (n**2 (T**3 - T))`` with ``S = sum_t (R_t - n (T + 1) / 2)**2``,
+        ``R_t`` the sum over the ``n`` in-mask neighbourhood voxels of their rank at time
+        ``t`` (average ranks for ties, no tie correction), as C-PAC's ``f_kendall``
+        (Zang et al. 2004).
+    """
+    n_t = block_ext.shape[0]
+    nbr = neighbour_index(mask_ext, x_lo, x_hi)
+    n_center = nbr.shape[0]
+    out = np.zeros(n_center, dtype=np.float32)
+    if n_center == 0 or n_t < 2:
+        return out
+    ranks = np.zeros((n_t, block_ext.shape[1] + 1), dtype=np.float32)
+    ranks[:, :-1] = _ranks(block_ext)
+    n = (nbr < block_ext.shape[1]).sum(axis=1).astype(np.float64)
+    denom = n**2 * (float(n_t) ** 3 - n_t)
+    for sl in _batches(n_t, n_center):
+        rsum = np.zeros((n_t, sl.stop - sl.start), dtype=np.float32)
+        for j in range(27):
+            rsum += ranks[:, nbr[sl, j]]  # exact: integer/half sums < 2**23
+        dev = rsum.astype(np.float64) - n[sl] * (n_t + 1) / 2.0
+        s = np.einsum("ij,ij->j", dev, dev)
+        out[sl] = 12.0 * s / denom[sl]
+    return out
+
+
+def zscore_block(block: np.ndarray) -> np.ndarray:
+    """Centre each column and scale it to unit Euclidean norm (float32).
+
+    Then ``Z[:, i] @ Z[:, j]`` is the Pearson r of columns ``i`` and ``j``; constant columns
+    become 0 (r = 0 with everything).
+    """
+    out = np.empty(block.shape, dtype=np.float32)
+    for sl in _batches(*block.shape):
+        x = np.asarray(block[:, sl], dtype=np.float64)
+        x = x - x.mean(axis=0)
+        norm = np.sqrt(np.einsum("ij,ij->j", x, x))
+        out[:, sl] = x / np.where(norm > 0, norm, np.inf)
+    return out
+
+
+def correlation_tile_degrees(zi: np.ndarray, zj: np.ndarray, threshold: float,
+                             diagonal: bool) -> np.ndarray:
+    """Partial degree centralities from one tile ``r = zi.T @ zj`` of the correlation matrix.
+
+    Parameters
+    ----------
+    zi, zj : (n_timepoints, n_i) and (n_timepoints, n_j) ndarray of float32
+        Unit-norm, centred columns (:func:`zscore_block`).
+    threshold : float
+        Edges are pairs with ``r > threshold``.
+    diagonal : bool
+        ``zi`` and ``zj`` are the same block: self-pairs are excluded and only the row
+        partials are returned (the tile is symmetric).
+
+    Returns
+    -------
+    (2, n_i + n_j) ndarray of float64
+        Rows: binarised degree (count of r > threshold), weighted degree (sum of those r);
+        the first ``n_i`` columns are the partials of ``zi``'s voxels (row sums), the last
+        ``n_j`` those of ``zj``'s (column sums, zero when ``diagonal``).
+    """
+    n_i, n_j = zi.shape[1], zj.shape[1]
+    out = np.zeros((2, n_i + n_j), dtype=np.float64)
+    tile = np.asarray(zi, dtype=np.float32).T @ np.asarray(zj, dtype=np.float32)
+    edge = tile > np.float32(threshold)
+    if diagonal:
+        np.fill_diagonal(edge, False)
+    out[0, :n_i] = edge.sum(axis=1)
+    np.multiply(tile, edge, out=tile)
+    out[1, :n_i] = tile.sum(axis=1, dtype=np.float64)
+    if not diagonal:
+        out[0, n_i:] = edge.sum(axis=0)
+        out[1, n_i:] = tile.sum(axis=0, dtype=np.float64)
+    return out
+
+
+def pearson_with_seed_block(block: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Pearson r of each column of ``block`` with the vector ``seed``, float64.
+
+    Parameters
+    ----------
+    block : (n_timepoints, n_voxels) ndarray
+    seed : (n_timepoints,) ndarray
+
+    Returns
+    -------
+    (n_voxels,) ndarray of float64
+        r; 0 where either series is constant.
+    """
+    s = np.asarray(seed, dtype=np.float64).reshape(-1)
+    s = s - s.mean()
+    s_norm = np.sqrt(s @ s)
+    out = np.zeros(block.shape[1], dtype=np.float64)
+    if s_norm == 0:
+        return out
+    s /= s_norm
+    for sl in _batches(*block.shape):
+        x = np.asarray(block[:, sl], dtype=np.float64)
+        x = x - x.mean(axis=0)
+        norm = np.sqrt(np.einsum("ij,ij->j", x, x))
+        out[sl] = (s @ x) / np.where(norm > 0, norm, np.inf)
+    return out
+
+
+def seed_fisher_z_block(block: np.ndarray, seed: np.ndarray, r_max: float) -> np.ndarray:
+    """Fisher z, ``arctanh(r)``, of each column's Pearson r with ``seed``, float32.
+
+    ``r`` is clipped to ``[-r_max, r_max]`` first so that perfectly correlated voxels (the seed
+    itself) give a finite value.
+    """
+    r = pearson_with_seed_block(block, seed)
+    return np.arctanh(np.clip(r, -r_max, r_max)).astype(np.float32)
