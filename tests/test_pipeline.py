@@ -71,7 +71,8 @@ def test_every_output_is_produced(participant_run: tuple[Path, Path, int]) -> No
         assert np.isfinite(values).all() and values.std() > 0, stat
     ts = pd.read_csv(func / f"{PREFIX}_atlas-aal_stat-mean_timeseries.tsv", sep="\t")
     assert ts.shape[0] == 156
-    rel = pd.read_csv(func / f"{PREFIX}_atlas-aal_stat-pearsoncorrelation_relmat.tsv", sep="\t")
+    rel = pd.read_csv(func / f"{PREFIX}_atlas-aal_stat-pearsoncorrelation_relmat.tsv", sep="\t",
+                      index_col="Node")
     assert rel.shape[0] == rel.shape[1] == ts.shape[1]
 
 

@@ -207,15 +207,21 @@ def correlation_tile_degrees(zi: np.ndarray, zj: np.ndarray, threshold: float,
     n_i, n_j = zi.shape[1], zj.shape[1]
     out = np.zeros((2, n_i + n_j), dtype=np.float64)
     tile = np.asarray(zi, dtype=np.float32).T @ np.asarray(zj, dtype=np.float32)
-    edge = tile > np.float32(threshold)
+    edge = np.greater(tile, np.float32(threshold))
     if diagonal:
         np.fill_diagonal(edge, False)
-    out[0, :n_i] = edge.sum(axis=1)
-    np.multiply(tile, edge, out=tile)
-    out[1, :n_i] = tile.sum(axis=1, dtype=np.float64)
+    # Reductions as matrix-vector products (BLAS, float32, exact for counts < 2**24): several
+    # times faster than numpy's axis sums over a bool or float64-accumulated tile.
+    ones_i = np.ones(n_i, dtype=np.float32)
+    ones_j = np.ones(n_j, dtype=np.float32)
+    np.multiply(tile, edge, out=tile)  # weighted edges
+    out[1, :n_i] = tile @ ones_j
     if not diagonal:
-        out[0, n_i:] = edge.sum(axis=0)
-        out[1, n_i:] = tile.sum(axis=0, dtype=np.float64)
+        out[1, n_i:] = ones_i @ tile
+    np.copyto(tile, edge)  # binary edges, as 0/1 float32
+    out[0, :n_i] = tile @ ones_j
+    if not diagonal:
+        out[0, n_i:] = ones_i @ tile
     return out
 
 
