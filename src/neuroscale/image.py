@@ -202,6 +202,50 @@ class Image:
         return Series(data=data, mask=mask, affine=self.affine, t_r=self.t_r,
                       header=self.header, source=self.source, meta=dict(self.meta))
 
+    def masked_volume_blocks(self, mask: np.ndarray, block_bytes: int = 64 * 2**20) -> da.Array:
+        """In-mask data ``(t, n_voxels)`` float32 chunked by blocks of whole volumes.
+
+        The volume-wise counterpart of :meth:`to_series` (for statistics across voxels of each
+        volume, e.g. ranks): each x-slab is masked before the slabs are joined, so a task holds
+        ``time_block x n_voxels`` in-mask values, never whole field-of-view volumes.
+
+        Parameters
+        ----------
+        mask : (x, y, z) ndarray of bool
+            Brain mask on this image's grid.
+        block_bytes : int
+            Target size of one output block (float32), bytes.
+
+        Returns
+        -------
+        dask.array.Array, shape (n_timepoints, n_voxels), float32
+        """
+        mask = np.asarray(mask, dtype=bool)
+        n_vox = int(mask.sum())
+        nt = self.n_volumes
+        tb = int(max(1, min(nt, block_bytes // max(1, 4 * n_vox))))
+        if self._raw_txyz is not None:
+            raw = self._raw_txyz
+            slope, inter = self._scaling
+        else:
+            raw = self.data.transpose(3, 0, 1, 2)
+            slope, inter = 1.0, 0.0
+        stored = max(raw.chunks[0])
+        tb = max(stored, (tb // stored) * stored)  # whole stored time chunks: no re-reads
+        raw = raw.rechunk({0: tb, 2: -1, 3: -1})
+        bounds = _slab_bounds(raw.chunks[1])
+        pieces = []
+        for i, (a, b) in enumerate(bounds):
+            n = int(mask[a:b].sum())
+            if n == 0:
+                continue
+            slab = raw[:, a:b] if len(raw.chunks[1]) > 1 else raw
+            assert slab.chunks[1] == (b - a,), (i, slab.chunks)
+            pieces.append(slab.map_blocks(_mask_slab, mask[a:b], slope, inter,
+                                          chunks=(raw.chunks[0], (n,)), drop_axis=[2, 3],
+                                          dtype=np.float32, meta=np.empty((0, 0), np.float32)))
+        return da.concatenate(pieces, axis=1).rechunk({1: -1})
+
     def compute_volume(self) -> np.ndarray:
         """Compute a 3D image into memory (refuses 4D: use the chunked path)."""
         if self.ndim != 3:

@@ -58,7 +58,7 @@ from neuroscale.kernels import qc as kqc
 __all__ = ["qc_arrays", "qc_summary"]
 
 #: Target size in bytes of one block of whole volumes for the AQI stage.
-AQI_BLOCK_BYTES = 64 * 2**20
+AQI_BLOCK_BYTES = 16 * 2**20
 
 
 def _with_block_axis(block: np.ndarray, func: Any, *args: Any) -> np.ndarray:
@@ -108,13 +108,6 @@ def _exact_median(data: da.Array) -> da.Array:
     return da.from_delayed(value, shape=(), dtype=np.float64)
 
 
-def _mask_volumes(block: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(t, x, y, z) block of whole volumes -> (t, n_in_mask) float32."""
-    flat = block.reshape(block.shape[0], -1)
-    out: np.ndarray = flat[:, mask.reshape(-1)].astype(np.float32, copy=False)
-    return out
-
-
 def _volume_blocks(series: Series, image: Image | None, time_block: int | None) -> da.Array:
     """The in-mask data as ``(T, N)`` chunked by blocks of whole volumes."""
     nt, nv = series.n_timepoints, series.n_voxels
@@ -123,13 +116,8 @@ def _volume_blocks(series: Series, image: Image | None, time_block: int | None) 
             raise AnalysisError(
                 f"image of shape {image.shape} does not match the series "
                 f"(mask {series.mask.shape}, {nt} volumes)", image.source)
-        txyz = image.data.transpose(3, 0, 1, 2)
-        if time_block is not None:
-            txyz = txyz.rechunk({0: time_block})
-        txyz = txyz.rechunk({1: -1, 2: -1, 3: -1})
-        return txyz.map_blocks(_mask_volumes, series.mask, drop_axis=[2, 3],
-                               chunks=(txyz.chunks[0], (nv,)), dtype=np.float32,
-                               meta=np.empty((0, 0), np.float32))
+        block_bytes = AQI_BLOCK_BYTES if time_block is None else 4 * nv * int(time_block)
+        return image.masked_volume_blocks(series.mask, block_bytes=block_bytes)
     tb = time_block or max(1, min(nt, AQI_BLOCK_BYTES // max(1, 4 * nv)))
     return series.data.rechunk({0: tb, 1: -1})
 

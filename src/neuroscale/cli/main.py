@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="low-pass cut-off in Hz (default 0.1; 'none' to disable)")
     ana.add_argument("--dc-threshold", type=float, default=0.25, metavar="R",
                      help="correlation threshold for degree centrality (default 0.25)")
+    ana.add_argument("--no-centrality", action="store_true",
+                     help="skip degree centrality (the costliest map on large runs)")
     ana.add_argument("--no-report", action="store_true", help="do not write HTML reports")
     exe = parser.add_argument_group("execution")
     exe.add_argument("--scheduler", metavar="tcp://HOST:PORT",
@@ -118,6 +120,7 @@ def _run_app(args: argparse.Namespace) -> int:
         seeds=list(args.seed),
         mask=args.mask.resolve() if args.mask else None,
         work_dir=work_dir,
+        centrality=not args.no_centrality,
         report=not args.no_report,
         progress=not args.no_progress,
     )

@@ -12,7 +12,10 @@ and the volumes are written to a Zarr v3 array laid out for the access that foll
 Layout
 ------
 The array is stored *time first*, shape ``(t, x, y, z)``, in the file's own dtype (scaling is
-applied lazily when read), chunked ``(t_chunk, x_chunk, y, z)``.  A slab of ``x_chunk``
+applied lazily when read), chunked ``(t_chunk, x_chunk, y, z)`` inside shards of
+``(t_chunk, x, y, z)`` (one shard per block of whole volumes streamed, at most
+:data:`STREAM_BLOCK_BYTES`, so memory while streaming is bounded and every shard is written
+once).  A slab of ``x_chunk``
 x-planes over all time points is then a handful of chunk reads and, once reshaped to
 ``(t, x_chunk * y * z)``, is exactly the C-order (x, y, z) voxel order nilearn uses, so the
 :class:`neuroscale.image.Series` view is a reshape plus a mask, with no transpose.  Volumes
@@ -44,12 +47,14 @@ from neuroscale.io.atomic import atomic_path
 from neuroscale.io.nifti import NiftiInfo, read_nifti_info
 
 MANIFEST = "_neuroscale.json"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 #: Target size of one series chunk (all time points of an x-slab, float32), bytes.
-SERIES_CHUNK_BYTES = 64 * 2**20
+SERIES_CHUNK_BYTES = 16 * 2**20
 #: Target size of one stored Zarr chunk (raw dtype), bytes.
 STORE_CHUNK_BYTES = 8 * 2**20
+#: Largest block of whole volumes held while streaming (raw dtype), bytes: one shard.
+STREAM_BLOCK_BYTES = 32 * 2**20
 
 
 def choose_layout(shape: tuple[int, ...], itemsize: int, min_slabs: int = 8) -> tuple[int, int]:
@@ -63,7 +68,8 @@ def choose_layout(shape: tuple[int, ...], itemsize: int, min_slabs: int = 8) -> 
     per_x = nt * ny * nz * 4
     x_chunk = max(1, min(SERIES_CHUNK_BYTES // max(per_x, 1), math.ceil(nx / min_slabs)))
     per_t = x_chunk * ny * nz * itemsize
-    t_chunk = int(max(1, min(nt, STORE_CHUNK_BYTES // max(per_t, 1))))
+    t_chunk = int(max(1, min(nt, STORE_CHUNK_BYTES // max(per_t, 1),
+                             STREAM_BLOCK_BYTES // max(nx * ny * nz * itemsize, 1))))
     return t_chunk, int(x_chunk)
 
 
@@ -225,6 +231,9 @@ def ingest_nifti(
             arr = group.create_array(
                 "data",
                 shape=(nt, nx, ny, nz),
+                # one shard per streamed block of whole volumes: few files, and each block
+                # is written exactly once (no read-modify-write of partial chunks)
+                shards=(t_chunk, -(-nx // x_chunk) * x_chunk, ny, nz),
                 chunks=(t_chunk, x_chunk, ny, nz),
                 dtype=dtype,
                 compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
@@ -242,7 +251,8 @@ def ingest_nifti(
                 block = np.frombuffer(buf, dtype=info.dtype).reshape(-1, nz, ny, nx)
                 block = block.transpose(0, 3, 2, 1).astype(dtype, copy=False)
                 arr[t0 : t0 + block.shape[0]] = block
-                total += block.sum(axis=0, dtype=np.float64)
+                for volume in block:  # no float64 copy of the whole block
+                    total += volume
             producer.join()
             hashing.drain()
             mean = (total / nt) * info.slope + info.inter

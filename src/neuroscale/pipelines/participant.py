@@ -66,7 +66,10 @@ class ParticipantConfig:
     mask : Path or None
         A brain mask to use instead of computing one.
     work_dir : Path or None
-        Working copies and intermediate stores (default ``OUTPUT_DIR/../neuroscale_work``...).
+        Working copies and intermediate stores (default ``OUTPUT_DIR/work``).
+    centrality : bool
+        Compute degree centrality (O(n_voxels^2 * n_timepoints) multiply-adds: the costliest
+        map on large runs).
     report : bool
         Write the HTML report.
     """
@@ -83,6 +86,7 @@ class ParticipantConfig:
     seeds: list[tuple[float, float, float, float]] = field(default_factory=list)
     mask: Path | None = None
     work_dir: Path | None = None
+    centrality: bool = True
     report: bool = True
     progress: bool = True
     carpet_rows: int = 1200
@@ -311,6 +315,8 @@ def process_bold_run(
     dc_params = {**den_params, "threshold_r": config.dc_threshold}
     dcb_plan = plan("dcb", ctx.path(stat="dcb", suffix="boldmap", extension=".nii.gz"), dc_params)
     dcw_plan = plan("dcw", ctx.path(stat="dcw", suffix="boldmap", extension=".nii.gz"), dc_params)
+    if not config.centrality:
+        dcb_plan, dcw_plan = (*dcb_plan[:4], False), (*dcw_plan[:4], False)
 
     atlas_plans = []
     for atlas_path in config.atlases:

@@ -1,0 +1,71 @@
+"""Laziness and bounded memory: the 4D data is never materialised in one process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuroscale.image import open_image
+from neuroscale.testing import write_synthetic_bold
+from tests.utils import count_computes, raise_if_dask_computes
+
+
+def test_open_and_series_build_without_computing(tmp_path: Path) -> None:
+    path = tmp_path / "run_bold.nii.gz"
+    truth = write_synthetic_bold(path, shape=(20, 22, 16, 60), seed=1)
+    img = open_image(path, cache_dir=tmp_path / "cache")  # the one streaming pass happens here
+    with raise_if_dask_computes():
+        series = img.to_series(truth.mask)
+        back = series.to_image()
+        assert series.data.shape == (60, int(truth.mask.sum()))
+        assert back.shape == img.shape
+    # every series chunk holds all time points and only a slab of voxels
+    assert len(series.data.chunks[0]) == 1
+    assert max(series.data.chunks[1]) < series.n_voxels
+    with count_computes() as counter:
+        series.data.sum().compute()
+    assert counter.count == 1
+
+
+@pytest.mark.slow
+def test_participant_pipeline_runs_in_workers_smaller_than_the_data(tmp_path: Path) -> None:
+    """A run of 1.9 GB (float32) through 2 workers of 800 MB: completes, no process exceeds it."""
+    import resource
+
+    import nibabel as nib
+
+    from neuroscale.compute.cluster import cluster_client
+    from neuroscale.pipelines.participant import ParticipantConfig, run_participant
+
+    shape = (112, 112, 80, 480)  # int16 on disk 963 MB; float32 1.93 GB
+    limit = 800 * 2**20
+    bids = tmp_path / "bids"
+    func = bids / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(
+        json.dumps({"Name": "synthetic", "BIDSVersion": "1.8.0"}))
+    truth = write_synthetic_bold(func / "sub-01_task-rest_bold.nii.gz", shape=shape, seed=2)
+    (func / "sub-01_task-rest_bold.json").write_text(json.dumps({"RepetitionTime": 2.0}))
+    atlas = tmp_path / "atlas.nii.gz"
+    nib.save(nib.Nifti1Image(truth.labels.astype(np.int16), truth.affine), atlas)
+    float32_bytes = int(np.prod(shape)) * 4
+    assert float32_bytes > 2 * limit
+    config = ParticipantConfig(work_dir=tmp_path / "work", atlases=[atlas],
+                               seeds=[(0.0, 0.0, 0.0, 9.0)], centrality=False, report=False,
+                               progress=False)
+    with cluster_client(n_workers=2, memory_limit=limit, quiet=True) as client:
+        outcome = run_participant(bids, tmp_path / "out", config, client=client)[0]
+        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    assert outcome.error is None, outcome.error
+    assert {"qc", "tsnr", "alff", "falff", "reho", "seed-1"} <= set(outcome.outputs)
+    assert len(peaks) == 2
+    for address, peak in peaks.items():
+        assert peak < limit, (address, peak / 2**20)
+    client_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert client_peak < float32_bytes / 2, client_peak / 2**20
