@@ -176,10 +176,10 @@ def _catalog(argv: list[str]) -> int:
         print(f"neuroscale: error: the catalog needs the [catalog] extra "
               f"(pip install 'neuroscale[catalog]'): {exc}", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog="neuroscale catalog")
+    parser = argparse.ArgumentParser(prog="neuroscale")
     sub = parser.add_subparsers(dest="command", required=True)
     catalog_cli.add_subparser(sub)
-    args: Any = parser.parse_args(argv)
+    args: Any = parser.parse_args(["catalog", *argv])
     try:
         return int(catalog_cli.run(args))
     except NeuroscaleError as exc:

@@ -1,0 +1,1844 @@
+"""The catalog's Python API: :class:`Catalog`.
+
+A catalog is a database (SQLite file or PostgreSQL, through SQLAlchemy; schema migrated by
+Alembic) plus a content-addressed store (:mod:`neuroscale.catalog.store`).  The design
+follows iRODS (Rajasekar et al. 2010, "iRODS Primer"; https://docs.irods.org): logical
+collections and data objects, attribute-value-unit metadata, access levels ``null < read <
+write < own`` on collections inherited by their members, tickets, and fixity checks.
+
+Crash safety of ingest (what a SIGKILL at any point leaves behind)
+------------------------------------------------------------------
+1. the source is copied into the store's ``tmp/`` area while its SHA-256 is computed, and
+   fsync'd;
+2. a ``blobs`` row is *claimed* in state ``pending`` (owner pid and host recorded);
+3. the copy is moved to ``objects/ab/cd/<sha256>`` and read back: its SHA-256 must match;
+4. one transaction turns the blob ``ok`` and inserts the data object and its metadata.
+
+A data object therefore only ever refers to an ``ok`` blob whose stored copy was verified.
+A crash leaves at most a ``tmp/`` file and a ``pending`` blob (maybe with its stored copy);
+both name a dead process and are removed automatically by the next ingest on the same host,
+or by :meth:`Catalog.cleanup` (``neuroscale catalog cleanup``).  Removal (``rm --force``,
+cleanup) first marks a blob ``deleting`` in a transaction that holds the blob row, and an
+ingest commits only a ``pending``/``ok`` blob, so a removal racing an ingest makes the ingest
+fail rather than leave a record without its object.
+
+Identity
+--------
+The acting user is a name (``user=``, ``$NEUROSCALE_CATALOG_USER``, else the login name)
+trusted as given, like a local iRODS client with a trusted environment; deploy the
+PostgreSQL catalog with database roles if users must be authenticated.  Tickets
+(:meth:`Catalog.create_ticket`) let unregistered users read (or write) one collection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neuroscale.catalog._deps import require
+
+require("sqlalchemy")
+
+from sqlalchemy import Engine, create_engine, delete, event, func, select, update  # noqa: E402
+from sqlalchemy.exc import IntegrityError  # noqa: E402
+from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
+
+from neuroscale.catalog import metadata as md  # noqa: E402
+from neuroscale.catalog import schema  # noqa: E402
+from neuroscale.catalog.errors import (  # noqa: E402
+    CatalogConfigError,
+    CatalogError,
+    CatalogNotFoundError,
+    CatalogPermissionError,
+    ConflictError,
+    MetadataError,
+    MissingDependencyError,
+    StoredObjectCorruptedError,
+    TicketError,
+    UnsafePathError,
+)
+from neuroscale.catalog.models import (  # noqa: E402
+    AVU,
+    LEVEL_NAMES,
+    LEVELS,
+    Access,
+    Blob,
+    Collection,
+    DataObject,
+    Derivation,
+    DerivationSource,
+    FixityRun,
+    Membership,
+    Principal,
+    Setting,
+    Ticket,
+    utcnow,
+)
+from neuroscale.catalog.paths import (  # noqa: E402
+    check_object_name,
+    check_sha256,
+    is_sha256,
+    normalise_collection,
+    parent_collection,
+)
+from neuroscale.catalog.query import parse as parse_query  # noqa: E402
+from neuroscale.catalog.query import to_sql  # noqa: E402
+from neuroscale.catalog.store import HOST, Store, hash_stream, open_store  # noqa: E402
+
+READ, WRITE, OWN = LEVELS["read"], LEVELS["write"], LEVELS["own"]
+
+
+def _fault(point: str) -> None:
+    """Named point in the ingest protocol; a no-op that crash tests replace to kill the process."""
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A data object: logical ``path`` (``/collection/name``), content checksum and size (bytes)."""
+
+    path: str
+    collection: str
+    name: str
+    sha256: str
+    size: int
+    created: dt.datetime
+
+
+@dataclass(frozen=True)
+class MetaInfo:
+    """One attribute-value-unit triple and where it came from."""
+
+    attribute: str
+    value: str
+    unit: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Outcome for one file: ``status`` is ``added`` (new content stored), ``deduplicated``
+    (content already stored, new entry), or ``unchanged`` (same entry, same content)."""
+
+    source: str
+    object: ObjectInfo
+    status: str
+
+
+@dataclass
+class IngestReport:
+    """All files of one ingest call, and those skipped with the reason."""
+
+    results: list[IngestResult] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of results per status."""
+        out: dict[str, int] = {}
+        for r in self.results:
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+
+@dataclass(frozen=True)
+class ListResult:
+    """Contents of a collection: its sub-collections (paths) and objects."""
+
+    collection: str
+    subcollections: list[str]
+    objects: list[ObjectInfo]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A stored content that failed a fixity check, and the objects that use it."""
+
+    sha256: str
+    status: str
+    objects: list[str]
+    detail: str = ""
+
+
+@dataclass
+class FixityReport:
+    """Result of :meth:`Catalog.verify`.
+
+    ``checked``/``n_ok`` count the whole run, including the part done before an interruption
+    when ``resumed``; ``complete`` is False when ``max_objects`` stopped it early.
+    """
+
+    run_id: int
+    mode: str
+    resumed: bool
+    complete: bool
+    checked: int
+    n_ok: int
+    corrupt: list[Problem] = field(default_factory=list)
+    missing: list[Problem] = field(default_factory=list)
+    untracked: list[str] = field(default_factory=list)
+    stale_temp: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is corrupted, missing, untracked or left over from a crash."""
+        return not (self.corrupt or self.missing or self.untracked or self.stale_temp)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """An input of a derivation: its checksum and the readable objects holding that content."""
+
+    sha256: str
+    objects: list[str]
+
+
+@dataclass(frozen=True)
+class LineageStep:
+    """One recorded derivation: ``sources`` -> ``output``, with how and when it ran."""
+
+    derivation_id: int
+    output: SourceInfo
+    sources: list[SourceInfo]
+    software: str
+    parameters: Any
+    started: dt.datetime | None
+    ended: dt.datetime | None
+    depth: int
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Provenance of ``target``: ``upstream`` steps back to raw data (``raw``: checksums with
+    no recorded derivation) and ``downstream`` steps to everything derived from it."""
+
+    target: SourceInfo
+    upstream: list[LineageStep]
+    downstream: list[LineageStep]
+    raw: list[SourceInfo]
+
+
+@dataclass(frozen=True)
+class TicketInfo:
+    """A share ticket (never its token)."""
+
+    id: int
+    collection: str
+    level: str
+    issuer: str
+    created: dt.datetime
+    expires: dt.datetime | None
+    uses_limit: int | None
+    uses_count: int
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class PrincipalInfo:
+    """A user or group, its admin flag, and its groups (users) or members (groups)."""
+
+    name: str
+    kind: str
+    is_admin: bool
+    related: list[str]
+
+
+@dataclass(frozen=True)
+class AccessInfo:
+    """A direct permission on a collection."""
+
+    collection: str
+    principal: str
+    kind: str
+    level: str
+
+
+@dataclass
+class CleanupReport:
+    """What :meth:`Catalog.cleanup` removed."""
+
+    pending: list[str] = field(default_factory=list)
+    deleting: list[str] = field(default_factory=list)
+    temp: list[str] = field(default_factory=list)
+    untracked: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# engine
+# ---------------------------------------------------------------------------------------------
+def normalise_url(url: str) -> str:
+    """Database URL with an installed driver (``postgresql://`` -> ``postgresql+psycopg://``).
+
+    Raises
+    ------
+    MissingDependencyError
+        A PostgreSQL URL and neither psycopg (3) nor psycopg2 is installed.
+    CatalogConfigError
+        Not a ``sqlite:`` or ``postgresql:`` URL.
+    """
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url[len("postgresql://") :]
+        if importlib.util.find_spec("psycopg2") is not None:
+            return url
+        raise MissingDependencyError(
+            "a PostgreSQL catalog needs psycopg: pip install 'neuroscale[catalog]'"
+        )
+    if url.startswith(("sqlite:", "postgresql+")):
+        return url
+    raise CatalogConfigError(
+        f"unsupported catalog URL {url!r}: use sqlite:///PATH or postgresql://"
+    )
+
+
+def make_engine(url: str) -> Engine:
+    """A SQLAlchemy engine for ``url``; SQLite gets WAL, foreign keys and a 60 s busy timeout."""
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash never loses consistency
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def default_user() -> str:
+    """``$NEUROSCALE_CATALOG_USER``, else the login name."""
+    return os.environ.get("NEUROSCALE_CATALOG_USER") or getpass.getuser()
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True when a process ``pid`` exists on this host (a zombie counts as alive)."""
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _aware(value: dt.datetime | None, what: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, dt.datetime):
+        raise MetadataError(f"{what} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None:
+        raise MetadataError(f"{what} must be timezone-aware (e.g. datetime.now(timezone.utc))")
+    return value
+
+
+def _level(value: str | int) -> int:
+    if isinstance(value, int) and value in LEVEL_NAMES:
+        return value
+    if isinstance(value, str) and value.lower() in LEVELS:
+        return LEVELS[value.lower()]
+    raise MetadataError(f"unknown permission level {value!r}: use null, read, write or own")
+
+
+def _object_path(collection: str, name: str) -> str:
+    return f"{collection}/{name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the catalog
+# ---------------------------------------------------------------------------------------------
+class Catalog:
+    """A data catalog: database at ``url`` plus the content-addressed store it names.
+
+    Parameters
+    ----------
+    url : str
+        ``sqlite:///PATH`` or ``postgresql://user@host:port/db``.
+    user : str, optional
+        Acting user (default :func:`default_user`).
+    ticket : str, optional
+        A share-ticket token granting access to one collection.
+
+    Raises
+    ------
+    CatalogConfigError
+        The database was never initialised (:meth:`init`) or its schema is not the one this
+        code expects.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        user: str | None = None,
+        ticket: str | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.url = url
+        self.engine = engine if engine is not None else make_engine(url)
+        self._owns_engine = engine is None
+        if engine is None:
+            rev = schema.current_revision(self.engine)
+            if rev is None:
+                raise CatalogConfigError(
+                    f"{url} is not an initialised catalog: run 'neuroscale catalog init'"
+                )
+            if rev != schema.head_revision():
+                raise CatalogConfigError(
+                    f"catalog schema is at revision {rev}, this neuroscale expects "
+                    f"{schema.head_revision()}: run 'neuroscale catalog init' to upgrade"
+                )
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.user = user if user is not None else default_user()
+        self.ticket = ticket
+        self._store: Store | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        url: str,
+        store: str | None = None,
+        *,
+        admin: str | None = None,
+        store_options: dict[str, Any] | None = None,
+    ) -> Catalog:
+        """Create (or upgrade) the catalog schema, record the store, register the first admin.
+
+        Parameters
+        ----------
+        url : str
+            Database URL.
+        store : str, optional
+            Store directory or fsspec URL.  Default for SQLite: ``store/`` beside the database
+            file; required for PostgreSQL on first init.
+        admin : str, optional
+            Name of the administrator created when the catalog has no user yet (default: the
+            current user).
+        store_options : dict, optional
+            fsspec options of the store (e.g. ``{"endpoint_url": ...}``); keep secrets in the
+            environment, this is stored in the database.
+
+        Returns
+        -------
+        Catalog
+            Acting as ``admin``.
+
+        Raises
+        ------
+        CatalogConfigError
+            No store given for a new PostgreSQL catalog, or a different store than recorded.
+        """
+        engine = make_engine(url)
+        schema.upgrade(engine)
+        admin = admin or default_user()
+        with Session(engine) as s, s.begin():
+            current = s.get(Setting, "store_url")
+            if current is None:
+                if store is None:
+                    if not normalise_url(url).startswith("sqlite") or ":///" not in url:
+                        raise CatalogConfigError("a new catalog needs --store PATH_OR_URL")
+                    store = str(
+                        Path(url.split(":///", 1)[1]).expanduser().resolve().parent / "store"
+                    )
+                if "://" not in store:
+                    store = str(Path(store).expanduser().resolve())
+                s.add(Setting(key="store_url", value=store))
+                s.add(Setting(key="store_options", value=json.dumps(store_options or {})))
+            elif store is not None:
+                wanted = store if "://" in store else str(Path(store).expanduser().resolve())
+                if wanted != current.value:
+                    raise CatalogConfigError(
+                        f"this catalog's store is {current.value}, not {wanted}"
+                    )
+            if s.scalar(select(func.count()).select_from(Principal)) == 0:
+                s.add(Principal(name=admin, kind="user", is_admin=True))
+        cat = cls(url, user=admin, engine=engine)
+        cat._owns_engine = True
+        cat.store  # noqa: B018  (create the store layout now)
+        return cat
+
+    def as_user(self, user: str | None, ticket: str | None = None) -> Catalog:
+        """The same catalog (same engine) acting as ``user``, optionally with a ticket."""
+        other = Catalog(self.url, user=user or "", ticket=ticket, engine=self.engine)
+        other._store = self._store
+        return other
+
+    def close(self) -> None:
+        """Release the database connections (when this object created the engine)."""
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def store(self) -> Store:
+        """The object store recorded in the catalog's settings."""
+        if self._store is None:
+            with self._sessions() as s:
+                url = s.get(Setting, "store_url")
+                opts = s.get(Setting, "store_options")
+            if url is None:
+                raise CatalogConfigError("the catalog has no store configured: run init --store")
+            self._store = open_store(url.value, json.loads(opts.value) if opts else None)
+        return self._store
+
+    # -- identity and permissions ------------------------------------------------------------
+    def _me(self, s: Session, *, required: bool = True) -> Principal | None:
+        me = s.scalar(
+            select(Principal).where(Principal.name == self.user, Principal.kind == "user")
+        )
+        if me is None and self.ticket is None:
+            raise CatalogPermissionError(
+                f"user {self.user!r} is not registered in this catalog "
+                "(an administrator adds users with 'neuroscale catalog users add NAME')"
+            )
+        if me is None and required:
+            raise CatalogPermissionError("this operation needs a registered user, not a ticket")
+        return me
+
+    def _require_admin(self, s: Session) -> Principal:
+        me = self._me(s)
+        if me is None or not me.is_admin:
+            raise CatalogPermissionError("this operation needs a catalog administrator")
+        return me
+
+    @staticmethod
+    def _levels_for(s: Session, me: Principal | None) -> dict[int, int]:
+        cols = s.execute(select(Collection.id, Collection.parent_id, Collection.path)).all()
+        if me is not None and me.is_admin:
+            return {cid: OWN for cid, _, _ in cols}
+        direct: dict[int, int] = {}
+        if me is not None:
+            ids = [me.id] + list(
+                s.scalars(select(Membership.group_id).where(Membership.user_id == me.id))
+            )
+            for cid, level in s.execute(
+                select(Access.collection_id, Access.level).where(Access.principal_id.in_(ids))
+            ):
+                direct[cid] = max(direct.get(cid, 0), level)
+        eff: dict[int, int] = {}
+        for cid, parent, _ in sorted(cols, key=lambda r: r[2].count("/")):
+            eff[cid] = max(direct.get(cid, 0), eff.get(parent, 0) if parent is not None else 0)
+        return eff
+
+    def _levels(self, s: Session, me: Principal | None) -> dict[int, int]:
+        levels = self._levels_for(s, me)
+        if self.ticket is not None:
+            ticket = self._use_ticket(s)
+            root = s.get(Collection, ticket.collection_id)
+            assert root is not None
+            for cid, path in s.execute(select(Collection.id, Collection.path)):
+                if path == root.path or path.startswith(root.path + "/"):
+                    levels[cid] = max(levels.get(cid, 0), ticket.level)
+        return levels
+
+    def _use_ticket(self, s: Session) -> Ticket:
+        assert self.ticket is not None
+        token_hash = hashlib.sha256(self.ticket.encode("utf-8")).hexdigest()
+        ticket = s.scalar(select(Ticket).where(Ticket.token_hash == token_hash))
+        if ticket is None:
+            raise TicketError("unknown ticket")
+        now = utcnow()
+        if ticket.revoked:
+            raise TicketError(f"ticket {ticket.id} was revoked")
+        if ticket.expires is not None and ticket.expires <= now:
+            raise TicketError(f"ticket {ticket.id} expired at {ticket.expires.isoformat()}")
+        issuer = s.get(Principal, ticket.issuer_id)
+        if issuer is None or self._levels_for(s, issuer).get(ticket.collection_id, 0) < OWN:
+            s.execute(update(Ticket).where(Ticket.id == ticket.id).values(revoked=True))
+            raise TicketError(f"ticket {ticket.id} is no longer valid: its issuer lost ownership")
+        used = s.execute(
+            update(Ticket)
+            .where(Ticket.id == ticket.id, Ticket.revoked.is_(False))
+            .where((Ticket.uses_limit.is_(None)) | (Ticket.uses_count < Ticket.uses_limit))
+            .values(uses_count=Ticket.uses_count + 1)
+        )
+        if used.rowcount != 1:  # type: ignore[attr-defined]
+            raise TicketError(f"ticket {ticket.id} has no uses left")
+        return ticket
+
+    def _revalidate_tickets(self, s: Session) -> None:
+        """Revoke every ticket whose issuer no longer owns its collection."""
+        cache: dict[int, dict[int, int]] = {}
+        for ticket in s.scalars(select(Ticket).where(Ticket.revoked.is_(False))):
+            if ticket.issuer_id not in cache:
+                issuer = s.get(Principal, ticket.issuer_id)
+                cache[ticket.issuer_id] = self._levels_for(s, issuer) if issuer else {}
+            if cache[ticket.issuer_id].get(ticket.collection_id, 0) < OWN:
+                ticket.revoked = True
+
+    def _collection(self, s: Session, path: str, levels: dict[int, int], need: int) -> Collection:
+        path = normalise_collection(path)
+        coll = s.scalar(select(Collection).where(Collection.path == path))
+        if coll is None or levels.get(coll.id, 0) < READ:
+            raise CatalogNotFoundError(f"no such collection {path}")
+        self._check(levels, coll, need)
+        return coll
+
+    @staticmethod
+    def _check(levels: dict[int, int], coll: Collection, need: int) -> None:
+        have = levels.get(coll.id, 0)
+        if have < need:
+            raise CatalogPermissionError(
+                f"{LEVEL_NAMES[need]} permission on {coll.path} required "
+                f"(you have {LEVEL_NAMES[have]})"
+            )
+
+    def _object(
+        self, s: Session, target: str, levels: dict[int, int], need: int
+    ) -> tuple[DataObject, Collection]:
+        if not isinstance(target, str) or "\x00" in target:
+            raise UnsafePathError(f"invalid object path {target!r}")
+        path = "/" + target.strip("/")
+        parts = path.split("/")
+        for cut in range(len(parts) - 1, 1, -1):
+            cpath, name = "/".join(parts[:cut]), "/".join(parts[cut:])
+            coll = s.scalar(select(Collection).where(Collection.path == cpath))
+            if coll is None or levels.get(coll.id, 0) < READ:
+                continue
+            obj = s.scalar(
+                select(DataObject).where(
+                    DataObject.collection_id == coll.id, DataObject.name == name
+                )
+            )
+            if obj is not None:
+                self._check(levels, coll, need)
+                return obj, coll
+        raise CatalogNotFoundError(f"no such object {path}")
+
+    def _target(
+        self, s: Session, target: str, levels: dict[int, int], need: int
+    ) -> tuple[Collection, DataObject | None]:
+        """A collection (exact path) or else an object."""
+        try:
+            path = normalise_collection(target)
+        except UnsafePathError:
+            path = None
+        if path is not None:
+            coll = s.scalar(select(Collection).where(Collection.path == path))
+            if coll is not None and levels.get(coll.id, 0) >= READ:
+                self._check(levels, coll, need)
+                return coll, None
+        obj, coll = self._object(s, target, levels, need)
+        return coll, obj
+
+    @staticmethod
+    def _info(obj: DataObject, coll: Collection) -> ObjectInfo:
+        return ObjectInfo(
+            path=_object_path(coll.path, obj.name),
+            collection=coll.path,
+            name=obj.name,
+            sha256=obj.sha256,
+            size=obj.size,
+            created=obj.created,
+        )
+
+    # -- users and groups --------------------------------------------------------------------
+    def add_user(self, name: str, *, admin: bool = False) -> None:
+        """Register a user (administrators only).
+
+        Raises
+        ------
+        CatalogPermissionError
+            The caller is not an administrator.
+        ConflictError
+            The name is taken.
+        """
+        self._add_principal(name, "user", admin)
+
+    def add_group(self, name: str) -> None:
+        """Create a group (administrators only)."""
+        self._add_principal(name, "group", False)
+
+    def _add_principal(self, name: str, kind: str, admin: bool) -> None:
+        if not name or "\x00" in name or len(name) > 255 or name.strip() != name:
+            raise MetadataError(f"invalid {kind} name {name!r}")
+        try:
+            with self._sessions() as s, s.begin():
+                self._require_admin(s)
+                s.add(Principal(name=name, kind=kind, is_admin=admin))
+        except IntegrityError as exc:
+            raise ConflictError(f"a user or group named {name!r} already exists") from exc
+
+    def remove_principal(self, name: str) -> None:
+        """Remove a user or group with its permissions and tickets (administrators only)."""
+        with self._sessions() as s, s.begin():
+            me = self._require_admin(s)
+            p = s.scalar(select(Principal).where(Principal.name == name))
+            if p is None:
+                raise CatalogNotFoundError(f"no such user or group {name!r}")
+            if p.id == me.id:
+                raise ConflictError("you cannot remove yourself")
+            for model, col in (
+                (Access, Access.principal_id),
+                (Membership, Membership.user_id),
+                (Membership, Membership.group_id),
+                (Ticket, Ticket.issuer_id),
+            ):
+                s.execute(delete(model).where(col == p.id))
+            s.delete(p)
+            s.flush()
+            self._revalidate_tickets(s)
+
+    def set_membership(self, group: str, user: str, member: bool = True) -> None:
+        """Add ``user`` to ``group`` (or remove with ``member=False``); administrators only."""
+        with self._sessions() as s, s.begin():
+            self._require_admin(s)
+            g = s.scalar(
+                select(Principal).where(Principal.name == group, Principal.kind == "group")
+            )
+            u = s.scalar(select(Principal).where(Principal.name == user, Principal.kind == "user"))
+            if g is None:
+                raise CatalogNotFoundError(f"no such group {group!r}")
+            if u is None:
+                raise CatalogNotFoundError(f"no such user {user!r}")
+            existing = s.get(Membership, (g.id, u.id))
+            if member and existing is None:
+                s.add(Membership(group_id=g.id, user_id=u.id))
+            elif not member and existing is not None:
+                s.delete(existing)
+                s.flush()
+                self._revalidate_tickets(s)
+
+    def principals(self) -> list[PrincipalInfo]:
+        """All users and groups (any registered user may list them)."""
+        with self._sessions() as s:
+            self._me(s)
+            names = {p.id: p for p in s.scalars(select(Principal))}
+            related: dict[int, list[str]] = {pid: [] for pid in names}
+            for gid, uid in s.execute(select(Membership.group_id, Membership.user_id)):
+                related[uid].append(names[gid].name)
+                related[gid].append(names[uid].name)
+            return [
+                PrincipalInfo(p.name, p.kind, p.is_admin, sorted(related[p.id]))
+                for p in sorted(names.values(), key=lambda p: (p.kind, p.name))
+            ]
+
+    # -- collections -------------------------------------------------------------------------
+    def create_collection(self, path: str) -> str:
+        """Create ``path`` (and missing parents); returns the canonical path.
+
+        A top-level collection may be created by any registered user; a sub-collection needs
+        ``write`` on its parent.  The creator owns the new collections.
+        """
+        with self._sessions() as s, s.begin():
+            me = self._me(s, required=False)
+            levels = self._levels(s, me)
+            coll = self._ensure_collection(s, path, me, levels)
+            return coll.path
+
+    def _ensure_collection(
+        self, s: Session, path: str, me: Principal | None, levels: dict[int, int]
+    ) -> Collection:
+        path = normalise_collection(path)
+        coll = s.scalar(select(Collection).where(Collection.path == path))
+        if coll is not None:
+            if levels.get(coll.id, 0) < READ:
+                raise CatalogNotFoundError(f"no such collection {path}")
+            self._check(levels, coll, WRITE)
+            return coll
+        parent_path = parent_collection(path)
+        parent = None
+        if parent_path is not None:
+            parent = self._ensure_collection(s, parent_path, me, levels)
+        if me is None:
+            raise CatalogPermissionError(f"a registered user is needed to create {path}")
+        coll = Collection(path=path, parent_id=parent.id if parent else None)
+        s.add(coll)
+        s.flush()
+        s.add(Access(collection_id=coll.id, principal_id=me.id, level=OWN))
+        levels[coll.id] = OWN
+        return coll
+
+    def collections(self) -> list[str]:
+        """Paths of every collection the caller can read."""
+        with self._sessions() as s, s.begin():
+            levels = self._levels(s, self._me(s, required=False))
+            return sorted(
+                p
+                for cid, p in s.execute(select(Collection.id, Collection.path))
+                if levels.get(cid, 0) >= READ
+            )
+
+    def ls(self, collection: str) -> ListResult:
+        """Sub-collections and objects of ``collection`` (needs ``read``).
+
+        Raises
+        ------
+        CatalogNotFoundError
+            No such collection, or the caller cannot read it.
+        """
+        with self._sessions() as s, s.begin():
+            levels = self._levels(s, self._me(s, required=False))
+            coll = self._collection(s, collection, levels, READ)
+            subs = sorted(
+                p
+                for cid, p in s.execute(
+                    select(Collection.id, Collection.path).where(Collection.parent_id == coll.id)
+                )
+                if levels.get(cid, 0) >= READ
+            )
+            objs = s.scalars(
+                select(DataObject)
+                .where(DataObject.collection_id == coll.id)
+                .order_by(DataObject.name)
+            )
+            return ListResult(coll.path, subs, [self._info(o, coll) for o in objs])
+
+    def stat(self, target: str) -> ObjectInfo:
+        """The object at the logical path ``target`` (needs ``read``)."""
+        with self._sessions() as s, s.begin():
+            levels = self._levels(s, self._me(s, required=False))
+            obj, coll = self._object(s, target, levels, READ)
+            return self._info(obj, coll)
+
+    # -- ingest ------------------------------------------------------------------------------
+    def ingest(
+        self,
+        paths: Sequence[str | Path] | str | Path,
+        collection: str,
+        *,
+        meta: Iterable[md.Triple] = (),
+        extract: bool = True,
+        name: str | None = None,
+    ) -> IngestReport:
+        """Copy files (and directory trees) into the store and catalog them in ``collection``.
+
+        Each file is hashed (SHA-256) while it is copied, the stored copy is re-hashed, and
+        only then is the record committed (see the module docstring).  Content already in the
+        store is not stored twice; a file already catalogued under the same name with the same
+        content is left as it is.  Directories are walked: objects are named by their path
+        relative to the directory; symlinks that resolve outside it are skipped.
+
+        Parameters
+        ----------
+        paths : path or sequence of paths
+            Files or directories.
+        collection : str
+            Target collection, created when missing (see :meth:`create_collection`).
+        meta : iterable of Triple
+            User metadata added to every object (``metadata.parse_meta_option``).
+        extract : bool
+            Extract BIDS/NIfTI/sidecar/DICOM metadata (default True).
+        name : str, optional
+            Object name for a single file (default: its file name).
+
+        Returns
+        -------
+        IngestReport
+
+        Raises
+        ------
+        CatalogNotFoundError, CatalogPermissionError
+            The collection is not readable / not writable.
+        ConflictError
+            A different content is already catalogued under the same name.
+        StoredObjectCorruptedError
+            The stored copy does not hash to what was read (store failure).
+        UnsafePathError
+            An object or collection name that would escape.
+        InputNotFoundError
+            A path does not exist.
+        """
+        if isinstance(paths, str | Path):
+            paths = [paths]
+        report = IngestReport()
+        files: list[tuple[Path, str]] = []
+        for p in paths:
+            files.extend(self._walk(Path(p), report, name if len(paths) == 1 else None))
+        meta = list(meta)
+        with self._sessions() as s, s.begin():
+            me = self._me(s, required=False)
+            levels = self._levels(s, me)
+            coll = self._ensure_collection(s, collection, me, levels)
+            coll_id, coll_path, me_id = coll.id, coll.path, me.id if me else None
+        self.recover()
+        for local, objname in files:
+            triples = (md.extract(local) if extract else []) + meta
+            report.results.append(
+                self._ingest_one(local, coll_id, coll_path, objname, md.dedupe(triples), me_id)
+            )
+        return report
+
+    @staticmethod
+    def _walk(path: Path, report: IngestReport, name: str | None) -> list[tuple[Path, str]]:
+        from neuroscale.errors import InputNotFoundError
+
+        if not path.exists():
+            raise InputNotFoundError("no such file or directory", path)
+        if path.is_file():
+            return [(path, check_object_name(name or path.name))]
+        root = path.resolve()
+        out = []
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for fname in sorted(filenames):
+                full = Path(dirpath) / fname
+                real = full.resolve()
+                if full.is_symlink() and not real.is_relative_to(root):
+                    report.skipped.append((str(full), f"symlink to {real}, outside {root}"))
+                    continue
+                if not real.is_file():
+                    report.skipped.append((str(full), "not a regular file"))
+                    continue
+                out.append((full, check_object_name(full.relative_to(path).as_posix())))
+        return out
+
+    def _ingest_one(
+        self,
+        local: Path,
+        coll_id: int,
+        coll_path: str,
+        name: str,
+        triples: list[md.Triple],
+        me_id: int | None,
+        derivation: dict[str, Any] | None = None,
+    ) -> IngestResult:
+        check_object_name(name)
+        store = self.store
+        with self._sessions() as s:
+            known = s.scalar(
+                select(DataObject.sha256)
+                .join(Blob, Blob.sha256 == DataObject.sha256)
+                .where(DataObject.collection_id == coll_id, DataObject.name == name)
+                .where(Blob.check_status.not_in(("corrupt", "missing")))
+            )
+        if known is not None and derivation is None:
+            # already catalogued under this name: hash (no copy) and leave it as it is
+            with open(local, "rb") as src:
+                digest, _ = hash_stream(src)
+            if digest == known and store.stored_size(known) is not None:
+                with self._sessions() as s:
+                    row = s.execute(
+                        select(DataObject, Collection)
+                        .join(Collection, Collection.id == DataObject.collection_id)
+                        .where(DataObject.collection_id == coll_id, DataObject.name == name)
+                    ).one()
+                return IngestResult(str(local), self._info(row[0], row[1]), "unchanged")
+        with open(local, "rb") as src:
+            tmp = store.write_temp(src)
+        _fault("copied")
+        try:
+            with self._sessions() as s:
+                existing = s.scalar(
+                    select(DataObject).where(
+                        DataObject.collection_id == coll_id, DataObject.name == name
+                    )
+                )
+                existing_info = (existing.sha256, existing.id) if existing is not None else None
+            if existing_info is not None and existing_info[0] != tmp.sha256:
+                raise ConflictError(
+                    f"{_object_path(coll_path, name)} already holds different content "
+                    f"(sha256 {existing_info[0]})",
+                    local,
+                )
+            status = "unchanged" if existing_info is not None else "deduplicated"
+            state = self._claim(tmp.sha256, tmp.size)
+            _fault("claimed")
+            need_copy = state == "pending"
+            if not need_copy:
+                with self._sessions() as s:
+                    blob = s.get(Blob, tmp.sha256)
+                    bad = blob is None or blob.check_status in ("corrupt", "missing")
+                need_copy = bad or store.stored_size(tmp.sha256) != tmp.size
+            if need_copy:
+                store.commit(tmp.key, tmp.sha256)
+                _fault("moved")
+                got = store.hash_stored(tmp.sha256)
+                if got != (tmp.sha256, tmp.size):
+                    raise StoredObjectCorruptedError(
+                        f"stored copy of {local.name} does not match (sha256 {tmp.sha256}, "
+                        f"read back {got})",
+                        store.url,
+                    )
+                _fault("verified")
+                if state == "pending":
+                    status = "added" if existing_info is None else status
+            now = utcnow()
+            with self._sessions() as s, s.begin():
+                done = s.execute(
+                    update(Blob)
+                    .where(Blob.sha256 == tmp.sha256, Blob.state.in_(("pending", "ok")))
+                    .values(
+                        state="ok",
+                        owner_pid=None,
+                        owner_host=None,
+                        **(
+                            {"verified_at": now, "checked_at": now, "check_status": "ok"}
+                            if need_copy
+                            else {}
+                        ),
+                    )
+                )
+                if done.rowcount != 1:  # type: ignore[attr-defined]
+                    raise CatalogError(
+                        f"the stored copy of {local.name} was removed concurrently; ingest again",
+                        local,
+                    )
+                if existing_info is None:
+                    obj = DataObject(
+                        collection_id=coll_id,
+                        name=name,
+                        sha256=tmp.sha256,
+                        size=tmp.size,
+                        creator_id=me_id,
+                    )
+                    s.add(obj)
+                    try:
+                        s.flush()
+                    except IntegrityError as exc:
+                        raise ConflictError(
+                            f"{_object_path(coll_path, name)} was created concurrently", local
+                        ) from exc
+                    for t in triples:
+                        s.add(
+                            AVU(
+                                object_id=obj.id,
+                                attribute=t.attribute,
+                                value=t.value,
+                                value_num=t.value_num,
+                                unit=t.unit,
+                                source=t.source,
+                            )
+                        )
+                else:
+                    obj = s.get(DataObject, existing_info[1])  # type: ignore[assignment]
+                if derivation is not None:
+                    self._add_derivation(s, tmp.sha256, derivation, me_id)
+                _fault("before_commit")
+            _fault("committed")
+            coll = Collection(id=coll_id, path=coll_path)
+            return IngestResult(str(local), self._info(obj, coll), status)
+        finally:
+            store.discard(tmp.key)
+
+    def _claim(self, sha256: str, size: int) -> str:
+        """Register ``sha256`` as being stored: returns ``"ok"`` (already stored) or ``"pending"``."""
+        for _ in range(600):
+            try:
+                with self._sessions() as s, s.begin():
+                    s.add(
+                        Blob(
+                            sha256=sha256,
+                            size=size,
+                            state="pending",
+                            owner_pid=os.getpid(),
+                            owner_host=HOST,
+                        )
+                    )
+                return "pending"
+            except IntegrityError:
+                pass
+            with self._sessions() as s, s.begin():
+                blob = s.get(Blob, sha256)
+                if blob is None:
+                    continue
+                if blob.state == "ok":
+                    return "ok"
+                if blob.state == "pending":
+                    if blob.owner_host == HOST and not pid_alive(blob.owner_pid):
+                        s.execute(
+                            update(Blob)
+                            .where(
+                                Blob.sha256 == sha256,
+                                Blob.state == "pending",
+                                Blob.owner_pid == blob.owner_pid,
+                            )
+                            .values(owner_pid=os.getpid(), owner_host=HOST, created=utcnow())
+                        )
+                    return "pending"
+            time.sleep(0.05)  # "deleting": wait for the removal to finish
+        raise CatalogError(f"content {sha256} is being removed by another process; try again")
+
+    # -- provenance --------------------------------------------------------------------------
+    def register_derivative(
+        self,
+        path: str | Path,
+        *,
+        sources: Sequence[str],
+        software: str,
+        collection: str,
+        parameters: Any = None,
+        started: dt.datetime | None = None,
+        ended: dt.datetime | None = None,
+        name: str | None = None,
+        meta: Iterable[md.Triple] = (),
+        extract: bool = True,
+    ) -> ObjectInfo:
+        """Ingest a derivative a pipeline wrote and record how it was made.
+
+        Parameters
+        ----------
+        path : path
+            The derivative file.
+        sources : sequence of str
+            SHA-256 of every input; each must be catalogued and readable by the caller.
+        software : str
+            Name and version, e.g. ``"neuroscale 0.3.0 confounds"``.
+        collection : str
+            Where to catalog the derivative (needs ``write``).
+        parameters : JSON-serialisable, optional
+            Parameters of the step.
+        started, ended : datetime, optional
+            Timezone-aware start and end time of the step.
+        name : str, optional
+            Object name (default: the file name).
+        meta, extract
+            As in :meth:`ingest`.
+
+        Returns
+        -------
+        ObjectInfo
+
+        Raises
+        ------
+        CatalogNotFoundError
+            A source checksum is not in the catalog (or not readable).
+        MetadataError
+            Naive datetimes, ``ended`` before ``started``, parameters not JSON-serialisable.
+        """
+        started, ended = _aware(started, "started"), _aware(ended, "ended")
+        if started and ended and ended < started:
+            raise MetadataError("ended is before started")
+        try:
+            params = json.dumps(parameters, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise MetadataError(f"parameters are not JSON-serialisable ({exc})") from exc
+        if not software or len(software) > 255:
+            raise MetadataError("software must be a non-empty name of at most 255 characters")
+        srcs = sorted({check_sha256(x) for x in sources})
+        local = Path(path)
+        with self._sessions() as s, s.begin():
+            me = self._me(s, required=False)
+            levels = self._levels(s, me)
+            for sha in srcs:
+                if not self._readable_objects(s, sha, levels):
+                    raise CatalogNotFoundError(f"source {sha} is not in the catalog")
+            coll = self._ensure_collection(s, collection, me, levels)
+            coll_id, coll_path, me_id = coll.id, coll.path, me.id if me else None
+        self.recover()
+        triples = (md.extract(local) if extract else []) + list(meta)
+        derivation = {
+            "sources": srcs,
+            "software": software,
+            "parameters": params,
+            "started": started,
+            "ended": ended,
+        }
+        result = self._ingest_one(
+            local,
+            coll_id,
+            coll_path,
+            check_object_name(name or local.name),
+            md.dedupe(triples),
+            me_id,
+            derivation,
+        )
+        return result.object
+
+    @staticmethod
+    def _add_derivation(s: Session, output: str, d: dict[str, Any], me_id: int | None) -> None:
+        for existing in s.scalars(select(Derivation).where(Derivation.output_sha256 == output)):
+            srcs = sorted(
+                s.scalars(
+                    select(DerivationSource.source_sha256).where(
+                        DerivationSource.derivation_id == existing.id
+                    )
+                )
+            )
+            if (
+                srcs == d["sources"]
+                and existing.software == d["software"]
+                and existing.parameters == d["parameters"]
+            ):
+                return
+        der = Derivation(
+            output_sha256=output,
+            software=d["software"],
+            parameters=d["parameters"],
+            started=d["started"],
+            ended=d["ended"],
+            user_id=me_id,
+        )
+        s.add(der)
+        s.flush()
+        for sha in d["sources"]:
+            s.add(DerivationSource(derivation_id=der.id, source_sha256=sha))
+
+    @staticmethod
+    def _readable_objects(s: Session, sha: str, levels: dict[int, int]) -> list[str]:
+        rows = s.execute(
+            select(Collection.id, Collection.path, DataObject.name)
+            .join(DataObject, DataObject.collection_id == Collection.id)
+            .where(DataObject.sha256 == sha)
+            .order_by(Collection.path, DataObject.name)
+        )
+        return [_object_path(p, n) for cid, p, n in rows if levels.get(cid, 0) >= READ]
+
+    def _resolve_checksum(self, s: Session, target: str | Path, levels: dict[int, int]) -> str:
+        text = str(target)
+        if is_sha256(text.lower()):
+            sha = text.lower()
+        elif text.startswith("/") and not Path(text).is_file():
+            return self._object(s, text, levels, READ)[0].sha256
+        elif Path(text).is_file():
+            with open(text, "rb") as fh:
+                sha = hash_stream(fh)[0]
+        else:
+            return self._object(s, text, levels, READ)[0].sha256
+        if not self._readable_objects(s, sha, levels):
+            raise CatalogNotFoundError(f"no catalogued object has checksum {sha}")
+        return sha
+
+    def lineage(self, target: str | Path, *, max_depth: int = 100) -> Lineage:
+        """Provenance chain of an object (logical path), a checksum, or a local file's content.
+
+        Upstream steps go back to raw data (contents with no recorded derivation); downstream
+        steps lead to everything derived from it.  Only what the caller can read is shown:
+        sources it cannot read appear as bare checksums and are not followed; derivatives it
+        cannot read are left out.
+
+        Raises
+        ------
+        CatalogNotFoundError
+            The target is not catalogued or not readable.
+        """
+        with self._sessions() as s, s.begin():
+            levels = self._levels(s, self._me(s, required=False))
+            sha = self._resolve_checksum(s, target, levels)
+
+            def info(x: str) -> SourceInfo:
+                return SourceInfo(x, self._readable_objects(s, x, levels))
+
+            def step(der: Derivation, depth: int) -> LineageStep:
+                srcs = sorted(
+                    s.scalars(
+                        select(DerivationSource.source_sha256).where(
+                            DerivationSource.derivation_id == der.id
+                        )
+                    )
+                )
+                return LineageStep(
+                    derivation_id=der.id,
+                    output=info(der.output_sha256),
+                    sources=[info(x) for x in srcs],
+                    software=der.software,
+                    parameters=json.loads(der.parameters),
+                    started=der.started,
+                    ended=der.ended,
+                    depth=depth,
+                )
+
+            upstream: list[LineageStep] = []
+            raw: list[SourceInfo] = []
+            seen = {sha}
+            frontier = [sha]
+            depth = 0
+            while frontier and depth < max_depth:
+                depth += 1
+                nxt = []
+                for x in frontier:
+                    ders = list(
+                        s.scalars(
+                            select(Derivation)
+                            .where(Derivation.output_sha256 == x)
+                            .order_by(Derivation.id)
+                        )
+                    )
+                    if not ders:
+                        raw.append(info(x))
+                    for der in ders:
+                        st = step(der, depth)
+                        upstream.append(st)
+                        for src in st.sources:
+                            if src.sha256 not in seen and src.objects:
+                                seen.add(src.sha256)
+                                nxt.append(src.sha256)
+                frontier = nxt
+            downstream: list[LineageStep] = []
+            seen_down = {sha}
+            frontier = [sha]
+            depth = 0
+            while frontier and depth < max_depth:
+                depth += 1
+                nxt = []
+                for x in frontier:
+                    users_of = s.scalars(
+                        select(Derivation)
+                        .join(DerivationSource, DerivationSource.derivation_id == Derivation.id)
+                        .where(DerivationSource.source_sha256 == x)
+                        .order_by(Derivation.id)
+                    )
+                    for der in users_of:
+                        if not self._readable_objects(s, der.output_sha256, levels):
+                            continue
+                        if any(st.derivation_id == der.id for st in downstream):
+                            continue
+                        downstream.append(step(der, depth))
+                        if der.output_sha256 not in seen_down:
+                            seen_down.add(der.output_sha256)
+                            nxt.append(der.output_sha256)
+                frontier = nxt
+            return Lineage(info(sha), upstream, downstream, raw)
+
+    # -- metadata and queries ----------------------------------------------------------------
+    def meta(self, target: str) -> list[MetaInfo]:
+        """Metadata of an object or collection (needs ``read``)."""
+        with self._sessions() as s, s.begin():
+            levels = self._levels(s, self._me(s, required=False))
+            coll, obj = self._target(s, target, levels, READ)
+            where = AVU.object_id == obj.id if obj else AVU.collection_id == coll.id
+            return [
+                MetaInfo(a.attribute, a.value, a.unit, a.source)
+                for a in s.scalars(select(AVU).where(where).order_by(AVU.attribute, AVU.id))
+            ]
+
+    def add_meta(
+        self, target: str, attribute: str | md.Triple, value: Any = None, unit: str | None = None
+    ) -> None:
+        """Add a triple to an object or collection (needs ``write``)."""
+        triple = (
+            attribute
+            if isinstance(attribute, md.Triple)
+            else md.make_triple(attribute, value, unit, "user")
+        )
+        with self._sessions() as s, s.begin():
+            levels = self._levels(s, self._me(s, required=False))
+            coll, obj = self._target(s, target, levels, WRITE)
+            s.add(
+                AVU(
+                    object_id=obj.id if obj else None,
+                    collection_id=None if obj else coll.id,
+                    attribute=triple.attribute,
+                    value=triple.value,
+                    value_num=triple.value_num,
+                    unit=triple.unit,
+                    source=triple.source,
+                )
+            )
+
+    def remove_meta(self, target: str, attribute: str, value: Any = None) -> int:
+        """Remove triples of ``attribute`` (only those equal to ``value`` if given); returns how many."""
+        with self._sessions() as s, s.begin():
+            levels = self._levels(s, self._me(s, required=False))
+            coll, obj = self._target(s, target, levels, WRITE)
+            q = delete(AVU).where(
+                AVU.object_id == obj.id if obj else AVU.collection_id == coll.id,
+                AVU.attribute == attribute,
+            )
+            if value is not None:
+                q = q.where(AVU.value == md.format_value(value))
+            return int(s.execute(q).rowcount)  # type: ignore[attr-defined]
+
+    def find(
+        self, where: str, *, collection: str | None = None, limit: int | None = None
+    ) -> list[ObjectInfo]:
+        """Objects whose metadata satisfy ``where`` (see :mod:`neuroscale.catalog.query`).
+
+        Only objects in collections the caller can read are searched (an unreadable object
+        is never reported).
+
+        Parameters
+        ----------
+        where : str
+            e.g. ``"task = 'oneback' and tr < 2.5"``.
+        collection : str, optional
+            Search only this collection and its sub-collections.
+        limit : int, optional
+            At most this many results (ordered by path).
+
+        Raises
+        ------
+        QuerySyntaxError
+            The expression does not parse.
+        """
+        node = parse_query(where)
+        with self._sessions() as s, s.begin():
+            levels = self._levels(s, self._me(s, required=False))
+            readable = [cid for cid, lv in levels.items() if lv >= READ]
+            if collection is not None:
+                root = self._collection(s, collection, levels, READ)
+                allowed = {
+                    cid
+                    for cid, p in s.execute(select(Collection.id, Collection.path))
+                    if p == root.path or p.startswith(root.path + "/")
+                }
+                readable = [c for c in readable if c in allowed]
+            if not readable:
+                return []
+            q = (
+                select(DataObject, Collection)
+                .join(Collection, Collection.id == DataObject.collection_id)
+                .where(DataObject.collection_id.in_(readable), to_sql(node, DataObject.id, AVU))
+                .order_by(Collection.path, DataObject.name)
+            )
+            if limit is not None:
+                q = q.limit(int(limit))
+            return [self._info(o, c) for o, c in s.execute(q)]
+
+    # -- retrieval and removal ---------------------------------------------------------------
+    def get(self, target: str, dest: str | Path) -> Path:
+        """Copy an object out of the store to ``dest`` (a file, or a directory to put it in),
+        verifying its SHA-256 on the way; ``dest`` is written atomically.
+
+        Raises
+        ------
+        StoredObjectCorruptedError
+            The stored copy no longer matches its checksum (``dest`` is not created).
+        """
+        from neuroscale.io.atomic import atomic_path
+
+        with self._sessions() as s, s.begin():
+            levels = self._levels(s, self._me(s, required=False))
+            obj, coll = self._object(s, target, levels, READ)
+            sha, name = obj.sha256, obj.name
+        out = Path(dest)
+        if out.is_dir():
+            out = out / name.rsplit("/", 1)[-1]
+        digest = hashlib.sha256()
+        with atomic_path(out) as tmp, self.store.open(sha) as src, open(tmp, "wb") as fh:
+            while block := src.read(1 << 20):
+                digest.update(block)
+                fh.write(block)
+            fh.flush()
+            if digest.hexdigest() != sha:
+                raise StoredObjectCorruptedError(
+                    f"stored copy of {_object_path(coll.path, name)} is corrupted "
+                    f"(expected sha256 {sha}, read {digest.hexdigest()})"
+                )
+        return out
+
+    def remove(self, target: str, *, force: bool = False) -> ObjectInfo:
+        """Remove an object (needs ``write``); its stored content goes too when no other object
+        uses it, which is refused unless ``force``.
+
+        Raises
+        ------
+        ConflictError
+            The object holds the last copy of its content and ``force`` is False.
+        """
+        with self._sessions() as s, s.begin():
+            levels = self._levels(s, self._me(s, required=False))
+            obj, coll = self._object(s, target, levels, WRITE)
+            info = self._info(obj, coll)
+            # hold the blob row (SQLite: the write lock; PostgreSQL: the row lock) first
+            s.execute(update(Blob).where(Blob.sha256 == obj.sha256).values(state=Blob.state))
+            others = s.scalar(
+                select(func.count())
+                .select_from(DataObject)
+                .where(DataObject.sha256 == obj.sha256, DataObject.id != obj.id)
+            )
+            last = others == 0
+            if last and not force:
+                raise ConflictError(
+                    f"{info.path} holds the last copy of its content (sha256 {obj.sha256}); "
+                    "use --force to delete it"
+                )
+            s.execute(delete(AVU).where(AVU.object_id == obj.id))
+            s.delete(obj)
+            if last:
+                s.execute(update(Blob).where(Blob.sha256 == obj.sha256).values(state="deleting"))
+        if last:
+            self._finish_delete(info.sha256)
+        return info
+
+    def _finish_delete(self, sha: str) -> None:
+        self.store.delete(sha)
+        with self._sessions() as s, s.begin():
+            s.execute(delete(Blob).where(Blob.sha256 == sha, Blob.state == "deleting"))
+
+    # -- sharing -----------------------------------------------------------------------------
+    def grant(self, collection: str, principal: str, level: str | int) -> None:
+        """Set ``principal``'s level on ``collection`` (``null`` removes it); needs ``own``.
+
+        Lowering someone's ``own`` revokes the tickets they can no longer back.
+        """
+        lv = _level(level)
+        with self._sessions() as s, s.begin():
+            levels = self._levels(s, self._me(s, required=False))
+            coll = self._collection(s, collection, levels, OWN)
+            p = s.scalar(select(Principal).where(Principal.name == principal))
+            if p is None:
+                raise CatalogNotFoundError(f"no such user or group {principal!r}")
+            row = s.get(Access, (coll.id, p.id))
+            if lv == 0:
+                if row is not None:
+                    s.delete(row)
+            elif row is None:
+                s.add(Access(collection_id=coll.id, principal_id=p.id, level=lv))
+            else:
+                row.level = lv
+            s.flush()
+            self._revalidate_tickets(s)
+
+    def access(self, collection: str) -> list[AccessInfo]:
+        """Direct permissions on ``collection`` and its ancestors (needs ``read``)."""
+        with self._sessions() as s, s.begin():
+            levels = self._levels(s, self._me(s, required=False))
+            coll = self._collection(s, collection, levels, READ)
+            paths = [coll.path]
+            while (parent := parent_collection(paths[-1])) is not None:
+                paths.append(parent)
+            rows = s.execute(
+                select(Collection.path, Principal.name, Principal.kind, Access.level)
+                .join(Access, Access.collection_id == Collection.id)
+                .join(Principal, Principal.id == Access.principal_id)
+                .where(Collection.path.in_(paths))
+                .order_by(Collection.path, Principal.name)
+            )
+            return [AccessInfo(p, n, k, LEVEL_NAMES[lv]) for p, n, k, lv in rows]
+
+    def create_ticket(
+        self,
+        collection: str,
+        *,
+        level: str = "read",
+        expires: dt.datetime | dt.timedelta | None = None,
+        uses: int | None = None,
+    ) -> str:
+        """Issue a share ticket on ``collection`` (needs ``own``); returns the secret token.
+
+        Parameters
+        ----------
+        level : {"read", "write"}
+        expires : datetime or timedelta, optional
+            Absolute (timezone-aware) expiry or a lifetime from now.
+        uses : int, optional
+            Number of operations the ticket allows (each catalog call using it counts one).
+        """
+        lv = _level(level)
+        if lv not in (READ, WRITE):
+            raise MetadataError("a ticket grants read or write")
+        if isinstance(expires, dt.timedelta):
+            expires = utcnow() + expires
+        expires = _aware(expires, "expires")
+        if uses is not None and uses < 1:
+            raise MetadataError("uses must be at least 1")
+        token = "nsct_" + secrets.token_urlsafe(24)  # a prefix: never starts with "-"
+        with self._sessions() as s, s.begin():
+            me = self._me(s)
+            if self.ticket is not None:
+                raise CatalogPermissionError("a ticket cannot be used to issue tickets")
+            levels = self._levels(s, me)
+            coll = self._collection(s, collection, levels, OWN)
+            assert me is not None
+            s.add(
+                Ticket(
+                    token_hash=hashlib.sha256(token.encode()).hexdigest(),
+                    collection_id=coll.id,
+                    level=lv,
+                    issuer_id=me.id,
+                    expires=expires,
+                    uses_limit=uses,
+                    uses_count=0,
+                    revoked=False,
+                )
+            )
+        return token
+
+    def tickets(self) -> list[TicketInfo]:
+        """Tickets the caller issued or that are on collections the caller owns."""
+        with self._sessions() as s, s.begin():
+            me = self._me(s)
+            assert me is not None
+            levels = self._levels_for(s, me)
+            rows = s.execute(
+                select(Ticket, Collection.path, Principal.name)
+                .join(Collection, Collection.id == Ticket.collection_id)
+                .join(Principal, Principal.id == Ticket.issuer_id)
+                .order_by(Ticket.id)
+            )
+            return [
+                TicketInfo(
+                    t.id,
+                    path,
+                    LEVEL_NAMES[t.level],
+                    issuer,
+                    t.created,
+                    t.expires,
+                    t.uses_limit,
+                    t.uses_count,
+                    t.revoked,
+                )  # fmt: skip
+                for t, path, issuer in rows
+                if t.issuer_id == me.id or levels.get(t.collection_id, 0) >= OWN
+            ]
+
+    def revoke_ticket(self, ticket_id: int) -> None:
+        """Revoke a ticket (its issuer, or an owner of its collection)."""
+        with self._sessions() as s, s.begin():
+            me = self._me(s)
+            assert me is not None
+            t = s.get(Ticket, ticket_id)
+            if t is None or (
+                t.issuer_id != me.id and self._levels_for(s, me).get(t.collection_id, 0) < OWN
+            ):
+                raise CatalogNotFoundError(f"no such ticket {ticket_id}")
+            t.revoked = True
+
+    # -- fixity ------------------------------------------------------------------------------
+    def verify(
+        self,
+        *,
+        incremental: bool = False,
+        older_than: dt.timedelta = dt.timedelta(days=30),
+        restart: bool = False,
+        max_objects: int | None = None,
+        progress: Callable[[int, str, str], None] | None = None,
+        grace: float = 3600.0,
+    ) -> FixityReport:
+        """Re-hash stored objects and report corrupted, missing and untracked ones (admins).
+
+        A run records its progress (the last checksum checked, in SHA-256 order) after every
+        object, so a run interrupted by a crash or ``max_objects`` resumes where it stopped at
+        the next call with the same mode (unless ``restart``).
+
+        Parameters
+        ----------
+        incremental : bool
+            Check only contents never checked, last found bad, or last checked before
+            ``older_than`` ago; the default checks everything.
+        older_than : timedelta
+            Age beyond which ``incremental`` re-checks an object.
+        restart : bool
+            Abandon an unfinished run of this mode and start afresh.
+        max_objects : int, optional
+            Stop after checking this many (the run stays resumable).
+        progress : callable, optional
+            Called as ``progress(n_checked, sha256, status)``.
+        grace : float
+            Seconds after which a ``tmp/`` file of an unknown or other-host writer is stale.
+
+        Returns
+        -------
+        FixityReport
+        """
+        mode = "incremental" if incremental else "full"
+        with self._sessions() as s, s.begin():
+            self._require_admin(s)
+            run = s.scalar(
+                select(FixityRun)
+                .where(FixityRun.mode == mode, FixityRun.finished.is_(None))
+                .order_by(FixityRun.id.desc())
+            )
+            resumed = run is not None and not restart
+            if run is not None and restart:
+                run.finished = utcnow()
+            if not resumed:
+                run = FixityRun(
+                    mode=mode,
+                    cutoff=utcnow() - older_than if incremental else None,
+                    n_checked=0,
+                    n_ok=0,
+                    n_corrupt=0,
+                    n_missing=0,
+                )
+                s.add(run)
+                s.flush()
+            assert run is not None
+            run_id, cursor, cutoff = run.id, run.cursor, run.cutoff
+        store = self.store
+        done_now = 0
+        complete = True
+        while True:
+            with self._sessions() as s:
+                q = select(Blob.sha256, Blob.size).where(Blob.state == "ok")
+                if cursor is not None:
+                    q = q.where(Blob.sha256 > cursor)
+                if incremental:
+                    q = q.where(
+                        Blob.checked_at.is_(None)
+                        | (Blob.check_status != "ok")
+                        | (Blob.checked_at < cutoff)
+                    )
+                batch = s.execute(q.order_by(Blob.sha256).limit(200)).all()
+            if not batch:
+                break
+            for sha, size in batch:
+                if max_objects is not None and done_now >= max_objects:
+                    complete = False
+                    break
+                try:
+                    got = store.hash_stored(sha)
+                    status = "missing" if got is None else "ok" if got == (sha, size) else "corrupt"
+                except UnsafePathError:
+                    status = "corrupt"
+                with self._sessions() as s, s.begin():
+                    blob = s.get(Blob, sha)
+                    if blob is not None and blob.state == "ok":
+                        blob.check_status, blob.checked_at, blob.check_run_id = (
+                            status, utcnow(), run_id,
+                        )  # fmt: skip
+                        counter = {"ok": "n_ok", "corrupt": "n_corrupt", "missing": "n_missing"}
+                        col = getattr(FixityRun, counter[status])
+                        s.execute(
+                            update(FixityRun)
+                            .where(FixityRun.id == run_id)
+                            .values({
+                                col: col + 1,
+                                FixityRun.n_checked: FixityRun.n_checked + 1,
+                                FixityRun.cursor: sha,
+                            })
+                        )  # fmt: skip
+                    else:
+                        s.execute(
+                            update(FixityRun).where(FixityRun.id == run_id).values(cursor=sha)
+                        )
+                cursor = sha
+                done_now += 1
+                if progress is not None:
+                    progress(done_now, sha, status)
+            if not complete:
+                break
+        with self._sessions() as s, s.begin():
+            run = s.get(FixityRun, run_id)
+            assert run is not None
+            if complete:
+                run.finished = utcnow()
+            report = FixityReport(
+                run_id=run_id,
+                mode=mode,
+                resumed=resumed,
+                complete=complete,
+                checked=run.n_checked,
+                n_ok=run.n_ok,
+            )
+            levels = self._levels_for(s, self._me(s))
+            for blob in s.scalars(
+                select(Blob)
+                .where(Blob.check_run_id == run_id, Blob.check_status.in_(("corrupt", "missing")))
+                .order_by(Blob.sha256)
+            ):
+                names = self._readable_objects(s, blob.sha256, levels)
+                problem = Problem(blob.sha256, blob.check_status or "", names)
+                (report.corrupt if blob.check_status == "corrupt" else report.missing).append(
+                    problem
+                )
+            report.pending = list(
+                s.scalars(select(Blob.sha256).where(Blob.state != "ok").order_by(Blob.sha256))
+            )
+        if complete:
+            report.untracked = self._untracked()
+            report.stale_temp = [e.key for e in self._stale_temp(grace)]
+        return report
+
+    def _untracked(self) -> list[str]:
+        from neuroscale.catalog.store import stored_sha_from_key
+
+        out: list[str] = []
+        batch: list[tuple[str, str | None]] = []
+
+        def flush() -> None:
+            shas = [sha for _, sha in batch if sha is not None]
+            with self._sessions() as s:
+                known = set(s.scalars(select(Blob.sha256).where(Blob.sha256.in_(shas))))
+            out.extend(key for key, sha in batch if sha is None or sha not in known)
+            batch.clear()
+
+        for key in self.store.iter_objects():
+            batch.append((key, stored_sha_from_key(key)))
+            if len(batch) >= 500:
+                flush()
+        if batch:
+            flush()
+        return out
+
+    def _stale_temp(self, grace: float) -> list[Any]:
+        stale = []
+        for entry in self.store.iter_temp():
+            dead_here = entry.host == HOST and not pid_alive(entry.pid)
+            if dead_here or entry.age_s > grace:
+                stale.append(entry)
+        return stale
+
+    def recover(self) -> CleanupReport:
+        """Remove what crashed ingests *on this host* left (dead owner pid); no permission needed.
+
+        Called automatically at the start of every ingest.
+        """
+        return self._cleanup(grace=None, untracked=False)
+
+    def cleanup(self, *, grace: float = 3600.0, untracked: bool = False) -> CleanupReport:
+        """Remove leftovers of crashed ingests and removals (administrators).
+
+        Pending contents whose writer is dead (this host) or older than ``grace`` seconds
+        (another host), half-finished removals, stale ``tmp/`` files, and, with
+        ``untracked=True``, stored files the catalog has no record of.
+        """
+        with self._sessions() as s:
+            self._require_admin(s)
+        return self._cleanup(grace=grace, untracked=untracked)
+
+    def _cleanup(self, grace: float | None, untracked: bool) -> CleanupReport:
+        report = CleanupReport()
+        now = utcnow()
+        with self._sessions() as s:
+            rows = s.execute(
+                select(
+                    Blob.sha256, Blob.state, Blob.owner_host, Blob.owner_pid, Blob.created
+                ).where(Blob.state != "ok")
+            ).all()
+        for sha, state, host, pid, created in rows:
+            if state == "pending":
+                dead = host == HOST and not pid_alive(pid)
+                old = grace is not None and (now - created).total_seconds() > grace
+                if not (dead or old):
+                    continue
+                with self._sessions() as s, s.begin():
+                    claimed = s.execute(
+                        update(Blob)
+                        .where(Blob.sha256 == sha, Blob.state == "pending")
+                        .where(
+                            Blob.owner_pid == pid if pid is not None else Blob.owner_pid.is_(None)
+                        )
+                        .values(state="deleting")
+                    )
+                    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                        continue
+                self._finish_delete(sha)
+                report.pending.append(sha)
+            elif state == "deleting":
+                with self._sessions() as s:
+                    used = s.scalar(
+                        select(func.count()).select_from(DataObject).where(DataObject.sha256 == sha)
+                    )
+                if used == 0:
+                    self._finish_delete(sha)
+                    report.deleting.append(sha)
+        for entry in self._stale_temp(grace if grace is not None else float("inf")):
+            self.store.discard(entry.key)
+            report.temp.append(entry.key)
+        if untracked:
+            for key in self._untracked():
+                self.store.discard(key)
+                report.untracked.append(key)
+        return report

@@ -1,0 +1,388 @@
+"""Content-addressed object stores: a local directory, or any fsspec URL (``s3://...``).
+
+Layout under the store root::
+
+    objects/ab/cd/<sha256>        stored content (named by its SHA-256)
+    tmp/<pid>~<host>~<uuid>.part  copies in progress (removed on success or by cleanup)
+
+Content is hashed *while* it is copied into ``tmp/``, moved to its final key (an atomic
+``os.replace`` locally) and then read back and hashed again by the caller before the catalog
+record is committed.  Store keys are made only from validated hex digests and from names this
+module generates, and the local store refuses symlinks and any path whose real location is
+outside the root, so nothing read or written through a store can escape it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import socket
+import stat
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from neuroscale.catalog._deps import require
+from neuroscale.catalog.errors import CatalogConfigError, UnsafePathError
+from neuroscale.catalog.paths import check_sha256, is_sha256, object_key
+
+CHUNK = 1 << 20
+HOST = socket.gethostname()[:200]
+
+
+@dataclass(frozen=True)
+class TempObject:
+    """A copy written to the store's ``tmp/`` area, with the SHA-256 and size of what was written."""
+
+    key: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class TempEntry:
+    """A file found in ``tmp/``: who wrote it (pid, host) and its age in seconds."""
+
+    key: str
+    pid: int | None
+    host: str | None
+    age_s: float
+
+
+def temp_key() -> str:
+    """A fresh ``tmp/`` key naming this process (pid and host) so cleanup knows its owner."""
+    return f"tmp/{os.getpid()}~{HOST}~{uuid.uuid4().hex}.part"
+
+
+def parse_temp_key(key: str) -> tuple[int | None, str | None]:
+    """(pid, host) encoded in a ``tmp/`` key, or (None, None) for a foreign file."""
+    name = key.rsplit("/", 1)[-1]
+    parts = name.split("~")
+    if len(parts) == 3 and parts[0].isdigit() and parts[2].endswith(".part"):
+        return int(parts[0]), parts[1]
+    return None, None
+
+
+def hash_stream(fh: BinaryIO) -> tuple[str, int]:
+    """SHA-256 hex digest and byte count of what remains in ``fh`` (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    size = 0
+    while True:
+        block = fh.read(CHUNK)
+        if not block:
+            break
+        digest.update(block)
+        size += len(block)
+    return digest.hexdigest(), size
+
+
+class Store(ABC):
+    """Interface of a content-addressed store (see the module docstring for the layout)."""
+
+    url: str
+
+    @abstractmethod
+    def write_temp(self, src: BinaryIO) -> TempObject:
+        """Copy ``src`` into ``tmp/`` while hashing it; durable (fsync'd) on return."""
+
+    @abstractmethod
+    def commit(self, temp: str, sha256: str) -> None:
+        """Move the temporary copy ``temp`` to the final key of ``sha256``."""
+
+    @abstractmethod
+    def discard(self, key: str) -> None:
+        """Remove a ``tmp/`` or ``objects/`` key (missing is fine)."""
+
+    @abstractmethod
+    def hash_stored(self, sha256: str) -> tuple[str, int] | None:
+        """Re-hash the stored copy of ``sha256``: (digest, size), or None when it is missing.
+
+        Raises
+        ------
+        UnsafePathError
+            The stored entry is a symlink or resolves outside the store.
+        """
+
+    @abstractmethod
+    def stored_size(self, sha256: str) -> int | None:
+        """Size in bytes of the stored copy, None when missing (no hashing)."""
+
+    @abstractmethod
+    def open(self, sha256: str) -> BinaryIO:
+        """Open the stored copy of ``sha256`` for reading."""
+
+    @abstractmethod
+    def iter_objects(self) -> Iterator[str]:
+        """Every key under ``objects/``."""
+
+    @abstractmethod
+    def iter_temp(self) -> Iterator[TempEntry]:
+        """Every file under ``tmp/``."""
+
+    def delete(self, sha256: str) -> None:
+        """Remove the stored copy of ``sha256`` (missing is fine)."""
+        self.discard(object_key(sha256))
+
+
+class LocalStore(Store):
+    """A store in a local directory (atomic renames, fsync of data and directories)."""
+
+    def __init__(self, root: str | Path) -> None:
+        root = Path(root).expanduser()
+        if not root.is_absolute():
+            raise CatalogConfigError(f"the store path must be absolute, not {str(root)!r}")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "objects").mkdir(exist_ok=True)
+        (root / "tmp").mkdir(exist_ok=True)
+        self.root = Path(os.path.realpath(root))
+        self.url = str(self.root)
+
+    # -- path safety -------------------------------------------------------------------------
+    def path(self, key: str) -> Path:
+        """Absolute path of ``key``, checked to lie inside the store and not to be a symlink.
+
+        Raises
+        ------
+        UnsafePathError
+            ``key`` is absolute, has '..', a NUL byte, or resolves outside the root.
+        """
+        if "\x00" in key or key.startswith("/") or ".." in key.split("/"):
+            raise UnsafePathError(f"store key {key!r} escapes the store", self.root)
+        full = self.root / key
+        real = os.path.realpath(full)
+        if not (real == str(self.root) or real.startswith(str(self.root) + os.sep)):
+            raise UnsafePathError(
+                f"store key {key!r} resolves outside the store ({real})", self.root
+            )
+        if real != str(full):
+            raise UnsafePathError(f"store entry {key!r} is (or is under) a symlink", self.root)
+        return full
+
+    @staticmethod
+    def _fsync_dir(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _open_read(self, key: str) -> BinaryIO | None:
+        path = self.path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePathError(f"store entry {key!r} is a symlink", self.root) from exc
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafePathError(f"store entry {key!r} is not a regular file", self.root)
+        return os.fdopen(fd, "rb")
+
+    # -- Store API ---------------------------------------------------------------------------
+    def write_temp(self, src: BinaryIO) -> TempObject:
+        key = temp_key()
+        path = self.path(key)
+        digest = hashlib.sha256()
+        size = 0
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    block = src.read(CHUNK)
+                    if not block:
+                        break
+                    digest.update(block)
+                    out.write(block)
+                    size += len(block)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        return TempObject(key=key, sha256=digest.hexdigest(), size=size)
+
+    def commit(self, temp: str, sha256: str) -> None:
+        src = self.path(temp)
+        key = object_key(sha256)
+        dest = self.root / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.path(key)  # the parents must be real directories inside the store
+        os.replace(src, dest)
+        self._fsync_dir(dest.parent)
+
+    def discard(self, key: str) -> None:
+        path = self.root / key
+        self.path(str(Path(key).parent))  # check the directory, the entry may be a symlink
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    def hash_stored(self, sha256: str) -> tuple[str, int] | None:
+        fh = self._open_read(object_key(sha256))
+        if fh is None:
+            return None
+        with fh:
+            return hash_stream(fh)
+
+    def stored_size(self, sha256: str) -> int | None:
+        try:
+            st = os.lstat(self.path(object_key(sha256)))
+        except FileNotFoundError:
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def open(self, sha256: str) -> BinaryIO:
+        fh = self._open_read(object_key(sha256))
+        if fh is None:
+            raise FileNotFoundError(errno.ENOENT, "stored object missing", object_key(sha256))
+        return fh
+
+    def iter_objects(self) -> Iterator[str]:
+        base = self.root / "objects"
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root)
+            for name in sorted(filenames) + [
+                d for d in dirnames if os.path.islink(os.path.join(dirpath, d))
+            ]:
+                yield f"{rel}/{name}".replace(os.sep, "/")
+
+    def iter_temp(self) -> Iterator[TempEntry]:
+        now = time.time()
+        with os.scandir(self.root / "tmp") as it:
+            for entry in it:
+                key = f"tmp/{entry.name}"
+                pid, host = parse_temp_key(key)
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+                yield TempEntry(key=key, pid=pid, host=host, age_s=age)
+
+
+class FsspecStore(Store):
+    """A store at any fsspec URL (``s3://bucket/prefix``, ``memory://``, ``gcs://``...).
+
+    The move into place is the file system's ``mv`` (a copy and a delete on S3, not atomic);
+    safety comes from the catalog protocol instead: the stored copy is re-hashed before the
+    record is committed, and half-moved objects without a record are "untracked".
+    """
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        fsspec = require("fsspec", f"the store {url}")
+        try:
+            fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+        except ImportError as exc:
+            raise require_failed(url, exc) from exc
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.url = url
+
+    def _full(self, key: str) -> str:
+        if "\x00" in key or key.startswith("/") or ".." in key.split("/"):
+            raise UnsafePathError(f"store key {key!r} escapes the store", self.url)
+        return f"{self.root}/{key}"
+
+    def write_temp(self, src: BinaryIO) -> TempObject:
+        key = temp_key()
+        digest = hashlib.sha256()
+        size = 0
+        with self.fs.open(self._full(key), "wb") as out:
+            while True:
+                block = src.read(CHUNK)
+                if not block:
+                    break
+                digest.update(block)
+                out.write(block)
+                size += len(block)
+        return TempObject(key=key, sha256=digest.hexdigest(), size=size)
+
+    def commit(self, temp: str, sha256: str) -> None:
+        self.fs.mv(self._full(temp), self._full(object_key(sha256)))
+
+    def discard(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._full(key))
+
+    def hash_stored(self, sha256: str) -> tuple[str, int] | None:
+        self.fs.invalidate_cache()
+        try:
+            with self.fs.open(self._full(object_key(sha256)), "rb") as fh:
+                return hash_stream(fh)
+        except FileNotFoundError:
+            return None
+
+    def stored_size(self, sha256: str) -> int | None:
+        self.fs.invalidate_cache()
+        try:
+            return int(self.fs.size(self._full(object_key(sha256))))
+        except FileNotFoundError:
+            return None
+
+    def open(self, sha256: str) -> BinaryIO:
+        fh: BinaryIO = self.fs.open(self._full(object_key(sha256)), "rb")
+        return fh
+
+    def iter_objects(self) -> Iterator[str]:
+        self.fs.invalidate_cache()
+        base = self._full("objects")
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return
+        for path in sorted(found):
+            yield "objects/" + path[len(base) :].lstrip("/")
+
+    def iter_temp(self) -> Iterator[TempEntry]:
+        self.fs.invalidate_cache()
+        base = self._full("tmp")
+        try:
+            infos = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return
+        now = time.time()
+        for path, info in infos.items():
+            key = "tmp/" + path[len(base) :].lstrip("/")
+            pid, host = parse_temp_key(key)
+            modified = info.get("LastModified") or info.get("mtime") or info.get("created")
+            if hasattr(modified, "timestamp"):
+                age = now - modified.timestamp()
+            elif isinstance(modified, int | float):
+                age = now - float(modified)
+            else:
+                age = 0.0
+            yield TempEntry(key=key, pid=pid, host=host, age_s=age)
+
+
+def require_failed(url: str, exc: ImportError) -> Exception:
+    """The error for a store URL whose fsspec backend (s3fs, gcsfs...) is not installed."""
+    from neuroscale.catalog.errors import MissingDependencyError
+
+    return MissingDependencyError(
+        f"the store {url} needs an fsspec backend that is not installed ({exc}); "
+        "for s3:// install 'neuroscale[catalog]' (s3fs)"
+    )
+
+
+def open_store(url: str, options: dict[str, Any] | None = None) -> Store:
+    """The store at ``url``: a local directory (plain path or ``file://``) or an fsspec URL."""
+    if url.startswith("file://"):
+        return LocalStore(url[len("file://") :])
+    if "://" not in url:
+        return LocalStore(url)
+    return FsspecStore(url, options)
+
+
+def stored_sha_from_key(key: str) -> str | None:
+    """The digest a well-formed ``objects/ab/cd/<sha>`` key holds, else None."""
+    parts = key.split("/")
+    if len(parts) == 4 and parts[0] == "objects" and is_sha256(parts[3]):
+        sha = parts[3]
+        if parts[1] == sha[:2] and parts[2] == sha[2:4]:
+            return check_sha256(sha)
+    return None
