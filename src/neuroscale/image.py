@@ -95,6 +95,25 @@ class Image:
     _raw_txyz: da.Array | None = field(default=None, repr=False)
     _scaling: tuple[float, float] = (1.0, 0.0)
 
+    def _raw(self, chunks: dict[int, int]) -> tuple[da.Array, float, float]:
+        """The raw (t, x, y, z) data with ``chunks`` ({axis: size}, -1 = whole axis).
+
+        From a Zarr working copy, each dask chunk is ONE zarr read (zarr batches the inner
+        chunks of its shards), rather than many small reads merged by dask tasks.
+        """
+        store = self.meta.get("store")
+        if self._raw_txyz is not None and store is not None:
+            base = self._raw_txyz
+            want = tuple(
+                base.shape[ax] if chunks.get(ax, 0) == -1 else int(chunks.get(ax) or base.chunksize[ax])
+                for ax in range(4)
+            )
+            raw = da.from_zarr(str(store), component="data", chunks=want)
+            return raw, *self._scaling
+        if self._raw_txyz is not None:
+            return self._raw_txyz.rechunk(chunks), *self._scaling
+        return self.data.transpose(3, 0, 1, 2).rechunk(chunks), 1.0, 0.0
+
     @property
     def shape(self) -> tuple[int, ...]:
         """Array shape (x, y, z[, t])."""
@@ -171,15 +190,8 @@ class Image:
         if not mask.any():
             raise AnalysisError("the brain mask is empty", self.source)
         nt = self.n_volumes
-        if self._raw_txyz is not None:
-            raw = self._raw_txyz
-            slope, inter = self._scaling
-        else:
-            raw = self.data.transpose(3, 0, 1, 2)
-            slope, inter = 1.0, 0.0
-        x_chunks = raw.chunks[1]
-        raw = raw.rechunk({0: nt, 2: -1, 3: -1})
-        bounds = _slab_bounds(x_chunks)
+        raw, slope, inter = self._raw({0: -1, 2: -1, 3: -1})
+        bounds = _slab_bounds(raw.chunks[1])
         counts = tuple(int(mask[a:b].sum()) for a, b in bounds)
         blocks = []
         for i, (a, b) in enumerate(bounds):
@@ -224,27 +236,12 @@ class Image:
         n_vox = int(mask.sum())
         nt = self.n_volumes
         tb = int(max(1, min(nt, block_bytes // max(1, 4 * n_vox))))
-        if self._raw_txyz is not None:
-            raw = self._raw_txyz
-            slope, inter = self._scaling
-        else:
-            raw = self.data.transpose(3, 0, 1, 2)
-            slope, inter = 1.0, 0.0
-        stored = max(raw.chunks[0])
+        stored = max(self._raw_txyz.chunks[0]) if self._raw_txyz is not None else 1
         tb = max(stored, (tb // stored) * stored)  # whole stored time chunks: no re-reads
-        raw = raw.rechunk({0: tb, 2: -1, 3: -1})
-        bounds = _slab_bounds(raw.chunks[1])
-        pieces = []
-        for i, (a, b) in enumerate(bounds):
-            n = int(mask[a:b].sum())
-            if n == 0:
-                continue
-            slab = raw[:, a:b] if len(raw.chunks[1]) > 1 else raw
-            assert slab.chunks[1] == (b - a,), (i, slab.chunks)
-            pieces.append(slab.map_blocks(_mask_slab, mask[a:b], slope, inter,
-                                          chunks=(raw.chunks[0], (n,)), drop_axis=[2, 3],
-                                          dtype=np.float32, meta=np.empty((0, 0), np.float32)))
-        return da.concatenate(pieces, axis=1).rechunk({1: -1})
+        raw, slope, inter = self._raw({0: tb, 1: -1, 2: -1, 3: -1})
+        return raw.map_blocks(_mask_slab, mask, slope, inter, chunks=(raw.chunks[0], (n_vox,)),
+                              drop_axis=[2, 3], dtype=np.float32,
+                              meta=np.empty((0, 0), np.float32))
 
     def compute_volume(self) -> np.ndarray:
         """Compute a 3D image into memory (refuses 4D: use the chunked path)."""
@@ -356,10 +353,11 @@ class Series:
         from neuroscale.io.atomic import atomic_path
 
         path = Path(path)
+        regular = self.data.rechunk({0: -1, 1: max(self.data.chunks[1])})  # zarr: regular chunks
         with atomic_path(path, is_dir=True) as tmp:
-            self.data.to_zarr(str(tmp), overwrite=True, zarr_format=3)
+            regular.to_zarr(str(tmp), overwrite=True, zarr_format=3)
             (tmp / "_series.json").write_text(json.dumps({"shape": list(self.data.shape)}))
-        return self.with_data(da.from_zarr(str(path), chunks=self.data.chunks))
+        return self.with_data(da.from_zarr(str(path)))
 
 
 def values_to_volume(values: np.ndarray, mask: np.ndarray, fill: float = 0.0) -> np.ndarray:

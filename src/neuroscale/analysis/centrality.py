@@ -52,6 +52,16 @@ def _take(part: np.ndarray, start: int, stop: int) -> np.ndarray:
     return part[:, start:stop]
 
 
+def _tile_one_blas_thread(zi: np.ndarray, zj: np.ndarray, threshold: float,
+                          diagonal: bool) -> np.ndarray:
+    """One tile with BLAS limited to one thread: Dask already runs tiles in parallel, and
+    nested BLAS threads only oversubscribe the cores."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return correlation_tile_degrees(zi, zj, threshold, diagonal)
+
+
 def degree_centrality(
     series: Series, threshold: float = 0.25, block_size: int | None = None
 ) -> tuple[da.Array, da.Array]:
@@ -101,7 +111,7 @@ def degree_centrality(
     nb = len(sizes)
     zblocks = z.to_delayed().ravel()
     partials: list[list[object]] = [[] for _ in range(nb)]
-    tile_fn = dask.delayed(correlation_tile_degrees, pure=True)
+    tile_fn = dask.delayed(_tile_one_blas_thread, pure=True)
     take = dask.delayed(_take, pure=True)
     for a in range(nb):
         for b in range(a, nb):

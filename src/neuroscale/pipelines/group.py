@@ -91,15 +91,16 @@ def run_group(out_dir: str | Path) -> GroupResult:
     for path in qc_files:
         doc = json.loads(path.read_text())
         name = path.name.replace("_desc-qc_bold.json", "")
-        row: dict[str, object] = {"run": name, **_entities_from_name(path.name)}
+        ents = {k: v for k, v in _entities_from_name(path.name).items() if k != "desc"}
+        row: dict[str, object] = {"run": name, **{k: str(v) for k, v in ents.items()}}
         for key, value in doc.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue
             row[key] = value
         rows.append(row)
     table = pd.DataFrame(rows)
-    ent_cols = [c for c in table.columns if c in ("run", "sub", "ses", "task", "acq", "run")]
-    metrics = [c for c in table.columns if c not in ent_cols]
+    metrics = [c for c in table.columns
+               if pd.api.types.is_numeric_dtype(table[c]) and c not in ("run",)]
     for metric in metrics:
         z = robust_z(table[metric].to_numpy(dtype=float))
         table[f"{metric}_outlier"] = np.abs(z) > OUTLIER_Z

@@ -343,7 +343,8 @@ def process_bold_run(
 
     seed_plans = []
     for i, (sx, sy, sz, sr) in enumerate(config.seeds, start=1):
-        s_params = {**den_params, "seed_center_mm": [sx, sy, sz], "seed_radius_mm": sr}
+        s_params = {**den_params, "seed_center_mm": [float(sx), float(sy), float(sz)],
+                    "seed_radius_mm": float(sr)}
         seed_plans.append(plan(f"seed-{i}", ctx.path(seed=str(i), stat="fisherz",
                                                       suffix="boldmap", extension=".nii.gz"),
                                s_params))
