@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.utils import count_computes, raise_if_dask_computes
 
 from neuroscale.image import open_image
 from neuroscale.testing import write_synthetic_bold
-from tests.utils import count_computes, raise_if_dask_computes
 
 
 def test_open_and_series_build_without_computing(tmp_path: Path) -> None:

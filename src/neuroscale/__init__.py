@@ -7,6 +7,6 @@ The core data model lives in :mod:`neuroscale.image` (``Image`` and ``Series``);
 
 __version__ = "0.1.0"
 
-from neuroscale.image import Image, Series, open_image  # noqa: E402
+from neuroscale.image import Image, Series, open_image
 
 __all__ = ["Image", "Series", "__version__", "open_image"]

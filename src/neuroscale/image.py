@@ -239,9 +239,9 @@ class Image:
         stored = max(self._raw_txyz.chunks[0]) if self._raw_txyz is not None else 1
         tb = max(stored, (tb // stored) * stored)  # whole stored time chunks: no re-reads
         raw, slope, inter = self._raw({0: tb, 1: -1, 2: -1, 3: -1})
-        return raw.map_blocks(_mask_slab, mask, slope, inter, chunks=(raw.chunks[0], (n_vox,)),
-                              drop_axis=[2, 3], dtype=np.float32,
-                              meta=np.empty((0, 0), np.float32))
+        return da.map_blocks(_mask_slab, raw, mask, slope, inter,
+                             chunks=(raw.chunks[0], (n_vox,)), drop_axis=[2, 3],
+                             dtype=np.float32, meta=np.empty((0, 0), np.float32))
 
     def compute_volume(self) -> np.ndarray:
         """Compute a 3D image into memory (refuses 4D: use the chunked path)."""
@@ -421,7 +421,7 @@ def open_image(
 
     info = read_nifti_info(path)
     if info.ndim == 3 or (info.ndim > 3 and int(np.prod(info.shape[3:])) == 1):
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))
         arr = np.asarray(img.dataobj, dtype=np.float32).reshape(info.shape[:3])
         return Image(data=da.from_array(arr, chunks=arr.shape), affine=info.affine,
                      header=info.header, source=Path(path))

@@ -36,7 +36,6 @@ import queue
 import shutil
 import threading
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -6,6 +6,7 @@ Reads only the participant-level derivatives (small files); needs no cluster.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,15 +120,18 @@ def run_group(out_dir: str | Path) -> GroupResult:
         names = list(frames[0].columns)
         stack = [fisher_z(f[names].to_numpy(dtype=float)) for f in frames
                  if list(f.columns) == names]
-        mean = np.nanmean(np.stack(stack), axis=0) if stack else np.full((len(names),) * 2, np.nan)
+        with warnings.catch_warnings():  # empty parcels are all-NaN: their mean stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = (np.nanmean(np.stack(stack), axis=0) if stack
+                    else np.full((len(names),) * 2, np.nan))
         dest = out_dir / f"group_atlas-{atlas}_stat-meanfisherz_relmat.tsv"
         write_relmat_tsv(dest, mean, names)
         matrices[atlas] = dest
         group_mats[atlas] = (mean, names)
     report = None
     try:
-        from neuroscale.report import write_group_report
         from neuroscale import __version__
+        from neuroscale.report import write_group_report
 
         report = write_group_report(out_dir / "group.html", table, group_mats,
                                     software_version=__version__)

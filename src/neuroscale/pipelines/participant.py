@@ -359,7 +359,7 @@ def process_bold_run(
     den_hash = ctx.hash(den_params, conf_shas + [s[2] for s in mask_sources])
     den_marker = den_store / "_provenance_hash"
     den_fresh = den_marker.is_file() and den_marker.read_text() == den_hash
-    clean_kwargs = dict(
+    clean_kwargs: dict[str, Any] = dict(
         t_r=t_r, detrend=config.detrend, standardize=config.standardize,
         low_pass=config.low_pass, high_pass=config.high_pass, filter=config.filter,
         confounds=confounds,
@@ -527,7 +527,7 @@ def _write_atlas_outputs(ctx: _RunContext, name: str, atlas_path: Path, a_sha: s
     from neuroscale.analysis import connectivity, parcellate
     from neuroscale.io.atomic import atomic_write_text
 
-    extra = [(atlas_path, None, a_sha)]
+    extra: list[tuple[Path, str | None, str]] = [(atlas_path, None, a_sha)]
     names = list(atlas.names)
     connectivity.write_timeseries_tsv(files["timeseries"], timeseries, names)
     mats = connectivity.correlation_matrices(timeseries)

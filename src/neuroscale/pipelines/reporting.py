@@ -29,6 +29,11 @@ def _trace(traces: dict[str, Any], name: str, n: int) -> np.ndarray | None:
     return None
 
 
+def _trace_or(traces: dict[str, Any], name: str, n: int) -> np.ndarray:
+    value = _trace(traces, name, n)
+    return np.full(n, np.nan) if value is None else value
+
+
 def _carpet_rows(carpet: np.ndarray) -> np.ndarray:
     """Linear-detrend and z-score each column (voxel) for display, (T, rows)."""
     from scipy.signal import detrend
@@ -55,7 +60,10 @@ def build_run_report(outcome: Any, report_dir: Path) -> Any:
 
     def load(key: str) -> np.ndarray | None:
         path = outputs.get(key)
-        return None if path is None else np.asarray(nib.load(path).dataobj, dtype=np.float32)
+        if path is None:
+            return None
+        img: Any = nib.load(path)
+        return np.asarray(img.dataobj, dtype=np.float32)
 
     maps = {k: v for k in _MAP_ORDER if (v := load(k)) is not None}
     for key in sorted(outputs):
@@ -73,7 +81,6 @@ def build_run_report(outcome: Any, report_dir: Path) -> Any:
     scalars = {k: v for k, v in qc_doc.items()
                if k not in ("traces", "Provenance") and not isinstance(v, dict | list)}
     tsnr = load("tsnr")
-    empty = np.zeros(n)
     return RunReport(
         name=Path(outcome.run.path).name.split("_bold")[0],
         t_r=float(outcome.t_r),
@@ -82,11 +89,9 @@ def build_run_report(outcome: Any, report_dir: Path) -> Any:
         mean=outcome.mean,
         tsnr=tsnr if tsnr is not None else np.zeros_like(outcome.mean),
         carpet=_carpet_rows(carpet),
-        dvars=_trace(traces, "dvars", n) if _trace(traces, "dvars", n) is not None else empty,
-        std_dvars=_trace(traces, "std_dvars", n)
-        if _trace(traces, "std_dvars", n) is not None else empty,
-        global_signal=_trace(traces, "global_signal", n)
-        if _trace(traces, "global_signal", n) is not None else empty,
+        dvars=_trace_or(traces, "dvars", n),
+        std_dvars=_trace_or(traces, "std_dvars", n),
+        global_signal=_trace_or(traces, "global_signal", n),
         outlier_fraction=_trace(traces, "outlier_fraction", n),
         non_steady_state=int(qc_doc.get("n_nonsteady", 0) or 0),
         qc=scalars,
