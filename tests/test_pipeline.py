@@ -151,3 +151,29 @@ def test_cli_entry_point_installed() -> None:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0
     assert "participant" in result.stdout and "--scheduler" in result.stdout
+
+
+def test_derivatives_registered_in_catalog(tmp_path: Path) -> None:
+    """--catalog: each derivative is catalogued with its source's checksum (lineage to raw)."""
+    pytest.importorskip("sqlalchemy")
+    import hashlib
+
+    from neuroscale.testing import write_synthetic_bold
+
+    ds = tmp_path / "ds"
+    func = ds / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (ds / "dataset_description.json").write_text(json.dumps({"Name": "s", "BIDSVersion": "1.8.0"}))
+    bold = func / "sub-01_task-rest_bold.nii.gz"
+    write_synthetic_bold(bold, shape=(16, 18, 12, 60), seed=4)
+    url = f"sqlite:///{tmp_path / 'cat.db'}"
+    assert main(["catalog", "init", "--url", url, "--store", str(tmp_path / "store")]) == 0
+    out = tmp_path / "out"
+    assert main([str(ds), str(out), "participant", "--catalog", url, "--no-report",
+                 "--no-progress", "--n-workers", "1"]) == 0
+    alff = out / "sub-01" / "func" / "sub-01_task-rest_stat-alff_boldmap.nii.gz"
+    from neuroscale.catalog import Catalog
+
+    lineage = Catalog(url).lineage(alff)
+    text = repr(lineage)
+    assert hashlib.sha256(bold.read_bytes()).hexdigest() in text

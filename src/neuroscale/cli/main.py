@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--no-centrality", action="store_true",
                      help="skip degree centrality (the costliest map on large runs)")
     ana.add_argument("--no-report", action="store_true", help="do not write HTML reports")
+    ana.add_argument("--catalog", metavar="URL",
+                     help="register every derivative, with its sources and parameters, in this "
+                     "neuroscale catalog (e.g. sqlite:///lab.db; see `neuroscale catalog init`)")
     exe = parser.add_argument_group("execution")
     exe.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                      help="address of an existing Dask scheduler (default: a local cluster)")
@@ -121,6 +124,7 @@ def _run_app(args: argparse.Namespace) -> int:
         mask=args.mask.resolve() if args.mask else None,
         work_dir=work_dir,
         centrality=not args.no_centrality,
+        catalog=args.catalog,
         report=not args.no_report,
         progress=not args.no_progress,
     )

@@ -70,6 +70,12 @@ class ParticipantConfig:
     centrality : bool
         Compute degree centrality (O(n_voxels^2 * n_timepoints) multiply-adds: the costliest
         map on large runs).
+    catalog : str or None
+        Database URL of a neuroscale catalog (``neuroscale catalog init``): every derivative
+        is registered there with its sources (ingested by checksum), parameters, software
+        and times.
+    catalog_collection : str
+        Collection the derivatives (and, under ``<collection>/sources``, their inputs) go to.
     report : bool
         Write the HTML report.
     """
@@ -87,6 +93,8 @@ class ParticipantConfig:
     mask: Path | None = None
     work_dir: Path | None = None
     centrality: bool = True
+    catalog: str | None = None
+    catalog_collection: str = "neuroscale"
     report: bool = True
     progress: bool = True
     carpet_rows: int = 1200
@@ -128,12 +136,16 @@ def _label(path: Path) -> str:
 class _RunContext:
     """Bookkeeping of one run: output paths, provenance hashes, skip decisions."""
 
-    def __init__(self, run: Any, out_dir: Path, sources: list[tuple[Path, str | None, str]]) -> None:
+    def __init__(self, run: Any, out_dir: Path, sources: list[tuple[Path, str | None, str]],
+                 catalog: Any = None, collection: str = "neuroscale") -> None:
         self.run = run
         self.out_dir = out_dir
         self.sources = sources
         self.outcome = RunOutcome(run=run)
         self.started = _now()
+        self.catalog = catalog
+        self.collection = collection
+        self._catalogued: set[str] = set()
 
     def path(self, **kwargs: Any) -> Path:
         from neuroscale.bids.derivatives import derivative_path
@@ -155,15 +167,29 @@ class _RunContext:
                extra_sources: list[tuple[Path, str | None, str]] | None = None) -> None:
         from neuroscale.provenance import write_provenance
 
-        write_provenance(
-            path,
-            sources=self.sources + list(extra_sources or []),
-            parameters=params,
-            started=self.started,
-            ended=_now(),
-        )
+        sources = self.sources + list(extra_sources or [])
+        ended = _now()
+        write_provenance(path, sources=sources, parameters=params, started=self.started,
+                         ended=ended)
         self.outcome.outputs[name] = path
         self.outcome.computed.append(name)
+        if self.catalog is not None:
+            self._register(path, sources, params, ended)
+
+    def _register(self, path: Path, sources: list[tuple[Path, str | None, str]],
+                  params: dict[str, Any], ended: datetime) -> None:
+        """Register ``path`` in the catalog, ingesting its sources (by checksum) first."""
+        rel = path.relative_to(self.out_dir)
+        for src, _, sha in sources:
+            if sha not in self._catalogued:
+                self.catalog.ingest([src], f"{self.collection}/sources")
+                self._catalogued.add(sha)
+        self.catalog.register_derivative(
+            path, sources=[sha for _, _, sha in sources],
+            software=f"neuroscale {__version__}",
+            collection=f"{self.collection}/{rel.parent.as_posix()}",
+            parameters=json.loads(json.dumps(params, default=str)),
+            started=self.started, ended=ended)
 
 
 def _sha256(path: Path) -> str:
@@ -232,7 +258,12 @@ def process_bold_run(
     image = open_image(bold, cache_dir=cache_root, t_r=t_r)
     bold_sha = image.meta["sha256"]
     sources: list[tuple[Path, str | None, str]] = [(bold, str(run.relpath), bold_sha)]
-    ctx = _RunContext(run, out_dir, sources)
+    catalog = None
+    if config.catalog:
+        from neuroscale.catalog import Catalog
+
+        catalog = Catalog(config.catalog)
+    ctx = _RunContext(run, out_dir, sources, catalog, config.catalog_collection)
     outcome = ctx.outcome
     prefix = bold.name.split("_bold")[0]
     run_work = work / "runs" / prefix
