@@ -124,7 +124,7 @@ def test_studyforrest(studyforrest_bold: Path) -> None:
         "sub-02_task-oneback_run-1_bold.json").read_text())
     assert run.sidecar == own
     assert run.t_r == 2.0 == own["RepetitionTime"]
-    assert run.events == studyforrest_bold.with_name("sub-02_task-oneback_run-1_events.tsv")
+    assert run.events == studyforrest_bold.resolve().with_name("sub-02_task-oneback_run-1_events.tsv")
     assert run.confounds is None
     assert run.subject == "02" and run.session is None and run.extension == ".nii.gz"
     # labels with or without sub-; sourcedata/ (dcm2niix raw json) is never looked at
