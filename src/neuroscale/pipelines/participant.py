@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import sys
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -467,7 +468,9 @@ def process_bold_run(
                     continue
                 atlas = parcellate.load_atlas(atlas_path, image.affine, image.shape[:3])
                 atlases_loaded[name] = atlas
-                lazy_b[f"atlas-{name}"] = parcellate.parcel_timeseries(den, atlas)
+                with warnings.catch_warnings():  # empty parcels: reported in the report
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    lazy_b[f"atlas-{name}"] = parcellate.parcel_timeseries(den, atlas)
         for (name, *_rest), (sx, sy, sz, sr) in zip(seed_plans, config.seeds, strict=True):
             if _rest[3]:
                 lazy_b[name] = seed.seed_correlation(den, center_mm=(sx, sy, sz), radius_mm=sr)
