@@ -10,15 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy.signal import detrend
+from tests.utils import raise_on_compute
 
 from neuroscale.analysis.alff import alff
 from neuroscale.errors import AnalysisError, ConfigurationError, MissingMetadataError
 from neuroscale.image import Series, open_image
 from neuroscale.testing import synthetic_series
-
-
-def _raise_on_compute(dsk, keys, **kwargs):  # pragma: no cover - only runs on a failure
-    raise AssertionError("a dask computation ran while building the graph")
 
 
 def _reference(x: np.ndarray, t_r: float, low: float, high: float):
@@ -70,7 +67,7 @@ def test_sinusoid_with_known_amplitude(n: int) -> None:
 
 def test_synthetic_matches_reference_and_is_lazy() -> None:
     series, truth = synthetic_series(180, (12, 14, 10), t_r=2.0, chunks=97, seed=4)
-    with dask.config.set(scheduler=_raise_on_compute):
+    with dask.config.set(scheduler=raise_on_compute):
         a, fa = alff(series, low=0.01, high=0.08)
     assert a.shape == fa.shape == (series.n_voxels,)
     assert a.dtype == fa.dtype == np.float32
@@ -103,7 +100,7 @@ def test_real_run_matches_reference(studyforrest_bold: Path, cache_dir: Path) ->
     mean = img.mean().compute_volume()
     mask = compute_epi_mask(nib.Nifti1Image(mean, img.affine)).get_fdata().astype(bool)
     series = img.to_series(mask)
-    with dask.config.set(scheduler=_raise_on_compute):
+    with dask.config.set(scheduler=raise_on_compute):
         a, fa = alff(series)
     got_a, got_fa = dask.compute(a, fa)
     data = np.asarray(nib.load(studyforrest_bold).dataobj, dtype=np.float32)

@@ -9,15 +9,12 @@ import dask.array as da
 import nibabel as nib
 import numpy as np
 import pytest
+from tests.utils import raise_on_compute
 
 from neuroscale.analysis.centrality import default_block_size, degree_centrality
 from neuroscale.errors import AnalysisError, ConfigurationError
 from neuroscale.image import Series, open_image
 from neuroscale.testing import synthetic_series
-
-
-def _raise_on_compute(dsk, keys, **kwargs):  # pragma: no cover - only runs on a failure
-    raise AssertionError("a dask computation ran while building the graph")
 
 
 def _full_r(x: np.ndarray) -> np.ndarray:
@@ -51,7 +48,7 @@ def _check_against_reference(r: np.ndarray, dcb: np.ndarray, dcw: np.ndarray,
 
 def test_small_case_matches_full_matrix_and_is_lazy() -> None:
     series, _ = synthetic_series(150, (12, 14, 10), within_corr=0.4, chunks=130, seed=3)
-    with dask.config.set(scheduler=_raise_on_compute):
+    with dask.config.set(scheduler=raise_on_compute):
         dcb, dcw = degree_centrality(series, threshold=0.2, block_size=97)
     assert dcb.shape == dcw.shape == (series.n_voxels,)
     assert dcb.dtype == dcw.dtype == np.float32
@@ -111,7 +108,7 @@ def test_real_run_sub_mask(studyforrest_bold: Path, cache_dir: Path) -> None:
     sub[42:] = False  # 4 central x-planes, a few thousand voxels
     series = img.to_series(sub)
     assert 1000 < series.n_voxels < 8000
-    with dask.config.set(scheduler=_raise_on_compute):
+    with dask.config.set(scheduler=raise_on_compute):
         dcb, dcw = degree_centrality(series, block_size=1000)
     got_b, got_w = dask.compute(dcb, dcw)
     data = np.asarray(nib.load(studyforrest_bold).dataobj, dtype=np.float32)

@@ -12,15 +12,12 @@ import numpy as np
 import pytest
 from dask.callbacks import Callback
 from scipy.stats import rankdata
+from tests.utils import raise_on_compute
 
 from neuroscale.analysis.reho import reho
 from neuroscale.errors import AnalysisError
 from neuroscale.image import Series, open_image
 from neuroscale.testing import synthetic_series
-
-
-def _raise_on_compute(dsk, keys, **kwargs):  # pragma: no cover - only runs on a failure
-    raise AssertionError("a dask computation ran while building the graph")
 
 
 class _LargestResult(Callback):
@@ -61,7 +58,7 @@ def _vol4d(series: Series) -> np.ndarray:
 def test_synthetic_matches_brute_force_and_is_lazy() -> None:
     series, truth = synthetic_series(60, (20, 20, 16), n_networks=2, within_corr=0.6,
                                       chunks=250, seed=5)
-    with dask.config.set(scheduler=_raise_on_compute):
+    with dask.config.set(scheduler=raise_on_compute):
         w = reho(series)
     assert w.shape == (series.n_voxels,) and w.dtype == np.float32
     assert len(w.chunks[0]) == len(series.slab_bounds()) > 2
@@ -126,7 +123,7 @@ def test_real_run_sub_block(studyforrest_bold: Path, cache_dir: Path) -> None:
     mean = img.mean().compute_volume()
     mask = compute_epi_mask(nib.Nifti1Image(mean, img.affine)).get_fdata().astype(bool)
     series = img.to_series(mask)
-    with dask.config.set(scheduler=_raise_on_compute):
+    with dask.config.set(scheduler=raise_on_compute):
         w = reho(series)
     got = w.compute()
     # reference on the raw int16 values (ranks are invariant to the positive scaling)

@@ -8,15 +8,12 @@ import dask
 import nibabel as nib
 import numpy as np
 import pytest
+from tests.utils import raise_on_compute
 
 from neuroscale.analysis.seed import seed_correlation, sphere_voxels
 from neuroscale.errors import AnalysisError, ConfigurationError
 from neuroscale.image import open_image
 from neuroscale.testing import synthetic_series
-
-
-def _raise_on_compute(dsk, keys, **kwargs):  # pragma: no cover - only runs on a failure
-    raise AssertionError("a dask computation ran while building the graph")
 
 
 def _fisher_z(seed: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -31,7 +28,7 @@ def test_synthetic_seed_finds_its_network() -> None:
     lab = truth.labels_in_mask
     ijk = np.argwhere(truth.mask)[lab == 1].mean(axis=0)
     center = truth.affine[:3, :3] @ ijk + truth.affine[:3, 3]
-    with dask.config.set(scheduler=_raise_on_compute):
+    with dask.config.set(scheduler=raise_on_compute):
         z = seed_correlation(series, center, radius_mm=4.0)
     assert z.shape == (series.n_voxels,) and z.dtype == np.float32
     got = z.compute()
@@ -78,7 +75,7 @@ def test_real_run_matches_nilearn(studyforrest_bold: Path, cache_dir: Path) -> N
                                                  mask_img=mask_img)
             assert sphere_voxels(mask, img.affine, seed, radius).tolist() == aff.rows[0]
     for seed, radius in ((seeds[0], 6.0), (seeds[1], 10.0)):
-        with dask.config.set(scheduler=_raise_on_compute):
+        with dask.config.set(scheduler=raise_on_compute):
             z = seed_correlation(series, seed, radius_mm=radius)
         got = z.compute()
         masker = NiftiSpheresMasker([seed], radius=radius, mask_img=mask_img, standardize=None)

@@ -28,12 +28,13 @@ def count_computes() -> Iterator[ComputeCounter]:
         yield counter
 
 
+def raise_on_compute(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    """A Dask scheduler that fails the test: use where nothing may compute."""
+    raise AssertionError("a Dask computation was triggered where none was expected")
+
+
 @contextlib.contextmanager
 def raise_if_dask_computes() -> Iterator[None]:
     """Fail the test if anything computes inside the block (as xarray's helper)."""
-
-    def scheduler(dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a Dask computation was triggered where none was expected")
-
-    with dask.config.set(scheduler=scheduler):
+    with dask.config.set(scheduler=raise_on_compute):
         yield
