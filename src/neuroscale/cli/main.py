@@ -80,10 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
     exe = parser.add_argument_group("execution")
     exe.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                      help="address of an existing Dask scheduler (default: a local cluster)")
+    exe.add_argument("--cluster", metavar="NAME|slurm|pbs|sge",
+                     help="where the workers run: 'local' (default), 'slurm', 'pbs' or 'sge' "
+                     "(jobs through dask-jobqueue: pip install 'neuroscale[cluster]'), or a "
+                     "profile of the Dask config (neuroscale.profiles.NAME, e.g. in "
+                     "~/.config/dask/neuroscale.yaml)")
     exe.add_argument("--n-workers", type=int, metavar="N", help="local workers (default: cores)")
-    exe.add_argument("--threads-per-worker", type=int, default=1, metavar="N")
+    exe.add_argument("--threads-per-worker", type=int, metavar="N",
+                     help="threads per local worker (default 1)")
     exe.add_argument("--memory-limit", metavar="SIZE",
                      help="memory bound of each local worker, e.g. 2GB")
+    exe.add_argument("--queue", metavar="NAME", help="batch cluster: partition / queue")
+    exe.add_argument("--account", metavar="NAME", help="batch cluster: account / project charged")
+    exe.add_argument("--cores", type=int, metavar="N", help="batch cluster: CPU cores per job")
+    exe.add_argument("--memory", metavar="SIZE", help="batch cluster: memory per job, e.g. 32GB")
+    exe.add_argument("--walltime", metavar="HH:MM:SS", help="batch cluster: job time limit")
+    exe.add_argument("--jobs", type=int, metavar="N",
+                     help="batch cluster: number of jobs (default 1 or the profile's)")
+    exe.add_argument("--adaptive", metavar="MIN:MAX",
+                     help="batch cluster: scale between MIN and MAX jobs with the work")
     exe.add_argument("--work-dir", type=Path, metavar="DIR",
                      help="working copies and intermediates (default: OUTPUT_DIR_work beside OUTPUT_DIR)")
     exe.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -132,9 +147,12 @@ def _run_app(args: argparse.Namespace) -> int:
 
     # validate the dataset before starting a cluster
     find_bold_runs(bids_dir, participant_labels=args.participant_label, filters=filters)
-    with cluster_client(args.scheduler, n_workers=args.n_workers,
+    with cluster_client(args.scheduler, cluster=args.cluster, n_workers=args.n_workers,
                         threads_per_worker=args.threads_per_worker,
-                        memory_limit=args.memory_limit) as client:
+                        memory_limit=args.memory_limit, queue=args.queue,
+                        account=args.account, cores=args.cores, memory=args.memory,
+                        walltime=args.walltime, jobs=args.jobs,
+                        adaptive=args.adaptive) as client:
         outcomes = run_participant(bids_dir, out_dir, config,
                                    participant_labels=args.participant_label,
                                    filters=filters, client=client)

@@ -420,8 +420,15 @@ def process_bold_run(
                                     zarr_format=3)
     if den_write is not None:
         lazy["denoised"] = den_write
-    computed = _compute_named(client, lazy, label=f"{prefix}: QC, ALFF, denoising",
-                              progress=config.progress)
+    try:
+        computed = _compute_named(client, lazy, label=f"{prefix}: QC, ALFF, denoising",
+                                  progress=config.progress)
+    except NeuroscaleError:
+        raise
+    except Exception as exc:
+        from neuroscale.compute.cluster import compute_error
+
+        raise compute_error(exc, step="phase A: QC, ALFF, denoising", run=run) from exc
     if den_write is not None:
         den_marker.write_text(den_hash)
 
@@ -474,9 +481,17 @@ def process_bold_run(
         for (name, *_rest), (sx, sy, sz, sr) in zip(seed_plans, config.seeds, strict=True):
             if _rest[3]:
                 lazy_b[name] = seed.seed_correlation(den, center_mm=(sx, sy, sz), radius_mm=sr)
-        computed_b = _compute_named(client, lazy_b,
-                                    label=f"{prefix}: ReHo, centrality, connectivity",
-                                    progress=config.progress)
+        try:
+            computed_b = _compute_named(client, lazy_b,
+                                        label=f"{prefix}: ReHo, centrality, connectivity",
+                                        progress=config.progress)
+        except NeuroscaleError:
+            raise
+        except Exception as exc:
+            from neuroscale.compute.cluster import compute_error
+
+            raise compute_error(exc, step="phase B: ReHo, centrality, connectivity",
+                                run=run) from exc
         if "reho" in computed_b:
             save_nifti(values_to_volume(np.asarray(computed_b["reho"], np.float32), mask),
                        image.affine, reho_plan[1], header=info.header)
@@ -636,10 +651,34 @@ def run_participant(
             outcome = process_bold_run(run, out_dir, config, client)
         except NeuroscaleError as exc:
             outcome = RunOutcome(run=run, error=exc)
+        except Exception as exc:  # KeyboardInterrupt/SystemExit propagate
+            outcome = RunOutcome(run=run, error=_unexpected_error(exc, run))
+        if outcome.error is not None:
+            log.debug("%s failed", run.relpath, exc_info=outcome.error)
+            print(f"neuroscale: {run.relpath}: FAILED: {outcome.error}", file=sys.stderr)
         outcomes.append(outcome)
     if config.report:
         _write_reports(out_dir, outcomes, config)
     return outcomes
+
+
+def _unexpected_error(exc: Exception, run: Any) -> NeuroscaleError:
+    """A failed run's error for an exception neuroscale did not raise on purpose.
+
+    Cluster failures (a killed worker, a lost connection...) outside the two compute phases
+    (e.g. while ingesting) become :class:`~neuroscale.errors.ComputeError`; anything else is a
+    :class:`~neuroscale.errors.NeuroscaleError` naming the exception (the traceback is logged
+    at debug level, ``-vv``).
+    """
+    from neuroscale.compute.cluster import compute_error, describe_failure, is_cluster_failure
+
+    if is_cluster_failure(exc):
+        return compute_error(exc, step="processing", run=run)
+    log.debug("unexpected error on %s", getattr(run, "relpath", run), exc_info=exc)
+    subject = (getattr(run, "entities", None) or {}).get("sub")
+    where = f"sub-{subject}: " if subject else ""
+    return NeuroscaleError(f"{where}unexpected error ({describe_failure(exc)}); "
+                           "run with -vv for the traceback", path=getattr(run, "path", None))
 
 
 def _write_reports(out_dir: Path, outcomes: list[RunOutcome], config: ParticipantConfig) -> None:
