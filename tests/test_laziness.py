@@ -57,9 +57,26 @@ def test_participant_pipeline_runs_in_workers_smaller_than_the_data(tmp_path: Pa
     config = ParticipantConfig(work_dir=tmp_path / "work", atlases=[atlas],
                                seeds=[(0.0, 0.0, 0.0, 9.0)], centrality=False, report=False,
                                progress=False)
+    import threading
+
+    import psutil
+
+    me = psutil.Process()
+    baseline = me.memory_info().rss
+    client_peak = [baseline]
+    done = threading.Event()
+
+    def sample() -> None:  # this process's RSS while the pipeline runs (ru_maxrss would
+        while not done.wait(0.05):  # include every earlier test of the session)
+            client_peak[0] = max(client_peak[0], me.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     with cluster_client(n_workers=2, memory_limit=limit, quiet=True) as client:
         outcome = run_participant(bids, tmp_path / "out", config, client=client)[0]
         peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    done.set()
+    sampler.join()
     assert outcome.error is None, outcome.error
     assert {"qc", "tsnr", "alff", "falff", "reho", "seed-1"} <= set(outcome.outputs)
     assert len(peaks) == 2
@@ -69,5 +86,5 @@ def test_participant_pipeline_runs_in_workers_smaller_than_the_data(tmp_path: Pa
     # no process ever holds the run (1.93 GB as float32) or a large part of it.
     for address, peak in peaks.items():
         assert peak < float32_bytes / 1.5, (address, peak / 2**20)
-    client_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    assert client_peak < float32_bytes / 2, client_peak / 2**20
+    growth = client_peak[0] - baseline
+    assert growth < float32_bytes / 4, growth / 2**20
