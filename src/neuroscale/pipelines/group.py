@@ -20,7 +20,6 @@ __all__ = ["GroupResult", "robust_z", "run_group"]
 #: Modified z-score above which a run is flagged (Iglewicz & Hoaglin 1993).
 OUTLIER_Z = 3.5
 
-_SCALAR_QC = None  # all numeric scalar keys of the QC JSON are tabulated
 
 
 @dataclass
