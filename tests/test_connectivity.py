@@ -208,3 +208,33 @@ def test_real_run_connectivity(studyforrest_bold, cache_dir, tmp_path):
                            fisher_z(out["pearson"]), atlas.names)
     back = pd.read_csv(rel, sep="\t", index_col=0, na_values="n/a", keep_default_na=False)
     assert back.shape == (atlas.n_parcels, atlas.n_parcels)
+
+
+def test_planted_networks_recovered_from_synthetic_series() -> None:
+    """Parcels that halve each planted network: within-network r matches the model, across ~0."""
+    from neuroscale.analysis.parcellate import Atlas, parcel_timeseries
+    from neuroscale.testing import synthetic_series
+
+    series, truth = synthetic_series(400, (20, 22, 16), n_networks=3, within_corr=0.3, seed=5)
+    labels = np.zeros(truth.shape[:3], dtype=np.int32)
+    sizes = {}
+    for k in range(1, truth.n_networks + 1):
+        idx = np.argwhere(truth.labels == k)
+        half = len(idx) // 2
+        for part, rows in enumerate((idx[:half], idx[half:])):
+            value = 2 * k - 1 + part
+            labels[tuple(rows.T)] = value
+            sizes[value] = len(rows)
+    values = np.arange(1, 2 * truth.n_networks + 1)
+    atlas = Atlas(labels=labels, values=values, names=tuple(f"p{v}" for v in values), name="halves")
+    ts = np.asarray(parcel_timeseries(series, atlas).compute())
+    r = correlation_matrices(ts)["pearson"]
+    a2 = truth.signal_std**2
+    for k in range(truth.n_networks):
+        i, j = 2 * k, 2 * k + 1
+        expected = a2 / np.sqrt((a2 + truth.noise_std**2 / sizes[i + 1])
+                                * (a2 + truth.noise_std**2 / sizes[j + 1]))
+        assert abs(r[i, j] - expected) < 0.05, (k, r[i, j], expected)
+        for other in range(truth.n_networks):
+            if other != k:
+                assert abs(r[i, 2 * other]) < 0.2
