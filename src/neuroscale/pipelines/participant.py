@@ -125,15 +125,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _label(path: Path) -> str:
-    """BIDS label (alphanumeric) from a file name: ``aal.nii.gz`` -> ``aal``."""
-    stem = path.name.split(".")[0]
-    for prefix in ("atlas-", "tpl-"):
-        if prefix in stem:
-            stem = stem.split(prefix, 1)[1].split("_")[0]
-    return "".join(ch for ch in stem if ch.isalnum()) or "atlas"
-
-
 class _RunContext:
     """Bookkeeping of one run: output paths, provenance hashes, skip decisions."""
 
@@ -233,6 +224,7 @@ def process_bold_run(
     from neuroscale.analysis import centrality, denoise, qc, reho, seed
     from neuroscale.analysis.confounds import find_confounds_file, load_confounds
     from neuroscale.analysis.mask import compute_brain_mask, load_mask
+    from neuroscale.analysis.parcellate import atlas_name_from_path
     from neuroscale.image import Series, open_image, values_to_volume
     from neuroscale.io.nifti import read_nifti_info, save_nifti
     from neuroscale.io.zarr_cache import ingest_nifti
@@ -353,7 +345,7 @@ def process_bold_run(
     atlas_plans = []
     for atlas_path in config.atlases:
         atlas_path = Path(atlas_path)
-        name = _label(atlas_path)
+        name = atlas_name_from_path(atlas_path)
         a_sha = _sha256(atlas_path)
         a_params = {**den_params, "atlas": str(atlas_path), "atlas_sha256": a_sha,
                     "resampling": "nearest"}
