@@ -64,6 +64,10 @@ class AnalysisError(NeuroscaleError, ValueError):
     exit_code = 4
 
 
+class RegistrationError(AnalysisError):
+    """A registration failed or diverged (e.g. the warped brain misses the template's mask)."""
+
+
 class ConfigurationError(NeuroscaleError, ValueError):
     """A command-line option, parameter or configuration value is invalid."""
 
@@ -87,5 +91,6 @@ __all__ = [
     "MissingMetadataError",
     "NeuroscaleError",
     "NoBoldRunError",
+    "RegistrationError",
     "TruncatedDataError",
 ]
