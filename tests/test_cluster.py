@@ -32,7 +32,7 @@ from neuroscale.compute.config import (
     profile_from_mapping,
     resolve_profile,
 )
-from neuroscale.errors import ComputeError, ConfigurationError, NeuroscaleError
+from neuroscale.errors import AnalysisError, ComputeError, ConfigurationError, NeuroscaleError
 
 SLURM_PROFILE = {
     "type": "slurm",
@@ -339,6 +339,60 @@ def test_failed_runs_do_not_stop_the_others(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(participant, "process_bold_run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_participant(ds, tmp_path / "out2", config)
+
+
+def test_subjects_run_concurrently_within_the_bound(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    """--max-concurrent-subjects N: at most N participants in flight, the others queue; a
+    failing participant is reported with its label and does not stop the others; outcomes
+    come back in dataset order."""
+    from neuroscale.pipelines import participant
+    from neuroscale.pipelines.participant import ParticipantConfig, run_participant
+
+    ds = _bids(tmp_path / "ds", {"01": 1, "02": 2, "03": 3, "04": 4}, shape=(10, 11, 8, 40))
+    lock = threading.Lock()
+    active: list[str] = []
+    peak = [0]
+    real_process = participant.process_bold_run
+
+    def process(run: Any, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            active.append(run.subject)
+            peak[0] = max(peak[0], len(active))
+        try:
+            time.sleep(0.3)  # keep the subject in flight long enough to overlap
+            if run.subject == "02":
+                raise AnalysisError("planted failure", run.path)
+            return real_process(run, *args, **kwargs)
+        finally:
+            with lock:
+                active.remove(run.subject)
+
+    monkeypatch.setattr(participant, "process_bold_run", process)
+    config = ParticipantConfig(report=False, progress=False, centrality=False,
+                               work_dir=tmp_path / "work", max_concurrent_subjects=2)
+    outcomes = run_participant(ds, tmp_path / "out", config)
+    assert [o.run.subject for o in outcomes] == ["01", "02", "03", "04"]
+    assert peak[0] == 2
+    assert "planted failure" in str(outcomes[1].error)
+    for o in (outcomes[0], outcomes[2], outcomes[3]):
+        assert o.error is None
+        assert o.outputs["reho"].is_file()
+
+
+def test_subject_concurrency_default_and_validation() -> None:
+    from neuroscale.pipelines.participant import subject_concurrency
+
+    class FakeClient:
+        def scheduler_info(self) -> dict[str, Any]:
+            return {"workers": {f"tcp://w{i}": {} for i in range(8)}}
+
+    assert subject_concurrency(None, None, 5) == 1
+    assert subject_concurrency(None, FakeClient(), 10) == 4
+    assert subject_concurrency(None, FakeClient(), 3) == 3
+    assert subject_concurrency(6, None, 2) == 2
+    with pytest.raises(ConfigurationError):
+        subject_concurrency(0, None, 2)
 
 
 PHASE_A_TASKS = ("_mask_slab", "clean_block", "alff_block", "tsnr_map")

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="batch cluster: number of jobs (default 1 or the profile's)")
     exe.add_argument("--adaptive", metavar="MIN:MAX",
                      help="batch cluster: scale between MIN and MAX jobs with the work")
+    exe.add_argument("--max-concurrent-subjects", type=int, metavar="N",
+                     help="participants processed at once on the cluster (default: one per two "
+                     "workers); one subject's failure never stops the others")
     exe.add_argument("--work-dir", type=Path, metavar="DIR",
                      help="working copies and intermediates (default: OUTPUT_DIR_work beside OUTPUT_DIR)")
     exe.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -142,6 +145,7 @@ def _run_app(args: argparse.Namespace) -> int:
         catalog=args.catalog,
         report=not args.no_report,
         progress=not args.no_progress,
+        max_concurrent_subjects=args.max_concurrent_subjects,
     )
     from neuroscale.bids.layout import find_bold_runs
 

@@ -36,7 +36,13 @@ from neuroscale.errors import AnalysisError, ConfigurationError, NeuroscaleError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ParticipantConfig", "RunOutcome", "run_participant", "process_bold_run"]
+__all__ = [
+    "ParticipantConfig",
+    "RunOutcome",
+    "process_bold_run",
+    "run_participant",
+    "subject_concurrency",
+]
 
 
 @dataclass
@@ -79,6 +85,8 @@ class ParticipantConfig:
         Collection the derivatives (and, under ``<collection>/sources``, their inputs) go to.
     report : bool
         Write the HTML report.
+    max_concurrent_subjects : int or None
+        Participants processed at once on the cluster (see :func:`subject_concurrency`).
     """
 
     high_pass: float | None = 0.01
@@ -99,6 +107,7 @@ class ParticipantConfig:
     report: bool = True
     progress: bool = True
     carpet_rows: int = 1200
+    max_concurrent_subjects: int | None = None
 
 
 @dataclass
@@ -636,22 +645,88 @@ def run_participant(
         raise ConfigurationError("mask not found", config.mask)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(out_dir, [Path(bids_dir)], version=__version__)
-    outcomes = []
+
+    by_subject: dict[str, list[Any]] = {}
     for run in runs:
-        print(f"neuroscale: {run.relpath}", file=sys.stderr)
-        try:
-            outcome = process_bold_run(run, out_dir, config, client)
-        except NeuroscaleError as exc:
-            outcome = RunOutcome(run=run, error=exc)
-        except Exception as exc:  # KeyboardInterrupt/SystemExit propagate
-            outcome = RunOutcome(run=run, error=_unexpected_error(exc, run))
-        if outcome.error is not None:
-            log.debug("%s failed", run.relpath, exc_info=outcome.error)
-            print(f"neuroscale: {run.relpath}: FAILED: {outcome.error}", file=sys.stderr)
-        outcomes.append(outcome)
+        by_subject.setdefault(run.subject, []).append(run)
+    n_concurrent = subject_concurrency(config.max_concurrent_subjects, client, len(by_subject))
+    if n_concurrent > 1 and config.progress:
+        # several subjects at once: one line per finished run instead of interleaved bars
+        config = dataclasses.replace(config, progress=False)
+
+    def do_subject(subject_runs: list[Any]) -> list[RunOutcome]:
+        done = []
+        for run in subject_runs:
+            print(f"neuroscale: {run.relpath}", file=sys.stderr)
+            try:
+                outcome = process_bold_run(run, out_dir, config, client)
+            except NeuroscaleError as exc:
+                outcome = RunOutcome(run=run, error=exc)
+            except Exception as exc:  # KeyboardInterrupt/SystemExit propagate
+                outcome = RunOutcome(run=run, error=_unexpected_error(exc, run))
+            if outcome.error is not None:
+                log.debug("%s failed", run.relpath, exc_info=outcome.error)
+                print(f"neuroscale: {run.relpath}: FAILED: {outcome.error}", file=sys.stderr)
+            elif n_concurrent > 1:
+                print(f"neuroscale: {run.relpath}: done", file=sys.stderr)
+            done.append(outcome)
+        return done
+
+    groups = list(by_subject.values())
+    if n_concurrent == 1:
+        results = [do_subject(g) for g in groups]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # Threads only submit graphs and wait: the work itself runs on the cluster, which
+        # is shared by the subjects in flight (distributed.Client is thread-safe).
+        with ThreadPoolExecutor(max_workers=n_concurrent,
+                                thread_name_prefix="neuroscale-subject") as pool:
+            results = list(pool.map(do_subject, groups))
+    order = {run: i for i, run in enumerate(runs)}
+    outcomes = sorted((o for group in results for o in group), key=lambda o: order[o.run])
     if config.report:
         _write_reports(out_dir, outcomes, config)
     return outcomes
+
+
+def subject_concurrency(requested: int | None, client: Any, n_subjects: int) -> int:
+    """How many participants are processed at once.
+
+    Parameters
+    ----------
+    requested : int or None
+        ``--max-concurrent-subjects``; None picks one subject per two workers of the
+        cluster (each subject's graphs already spread over every worker; overlapping two
+        subjects keeps workers busy while one subject's client-side steps run).
+    client : distributed.Client or None
+        The cluster (None: one subject at a time).
+    n_subjects : int
+        Participants selected.
+
+    Returns
+    -------
+    int
+        At least 1, at most ``n_subjects``.
+
+    Raises
+    ------
+    ConfigurationError
+        ``requested`` is not a positive integer.
+    """
+    if requested is not None:
+        if int(requested) < 1:
+            raise ConfigurationError(f"--max-concurrent-subjects must be >= 1, got {requested}")
+        n = int(requested)
+    elif client is None:
+        n = 1
+    else:
+        try:
+            n_workers = len(client.scheduler_info().get("workers", {}))
+        except Exception:  # pragma: no cover - a client that cannot answer: be conservative
+            n_workers = 1
+        n = max(1, n_workers // 2)
+    return max(1, min(n, max(1, n_subjects)))
 
 
 def _unexpected_error(exc: Exception, run: Any) -> NeuroscaleError:
