@@ -507,3 +507,24 @@ def test_code_commit(tmp_path: Path) -> None:
     out = write_dataset_description(tmp_path / "d", [tmp_path])
     text = json.loads(out.read_text())["GeneratedBy"][0]["Description"]
     assert (commit in text) if commit else ("commit" not in text)
+
+
+def test_find_t1w_prefers_same_session_and_plain_acquisition(tmp_path: Path) -> None:
+    from neuroscale.bids.layout import find_t1w
+
+    sub = tmp_path / "sub-01"
+    for rel in ("anat/sub-01_T1w.nii.gz", "anat/sub-01_acq-mprage_T1w.nii.gz",
+                "ses-2/anat/sub-01_ses-2_T1w.nii", "anat/sub-01_T2w.nii.gz",
+                "anat/sub-01_T1w.json"):
+        (sub / rel).parent.mkdir(parents=True, exist_ok=True)
+        (sub / rel).write_bytes(b"")
+    assert find_t1w(tmp_path, "01") == sub / "anat" / "sub-01_T1w.nii.gz"
+    assert find_t1w(tmp_path, "01", session="2") == sub / "ses-2" / "anat" / "sub-01_ses-2_T1w.nii"
+    assert find_t1w(tmp_path, "02") is None
+
+
+def test_find_t1w_real_example() -> None:
+    from neuroscale.bids.layout import find_t1w
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "ds-studyforrest-oneback"
+    assert find_t1w(root, "02") == root / "sub-02" / "anat" / "sub-02_T1w.nii.gz"

@@ -52,6 +52,7 @@ __all__ = [
     "INDEX_ENTITIES",
     "BoldRun",
     "find_bold_runs",
+    "find_t1w",
     "list_participants",
     "load_bids_filter_file",
     "normalize_filters",
@@ -548,6 +549,47 @@ def _subject_func_dirs(root: Path, label: str) -> Iterable[Path]:
         func = sub_dir / ses / "func"
         if func.is_dir():
             yield func
+
+
+def find_t1w(bids_dir: str | Path, subject: str, session: str | None = None) -> Path | None:
+    """The participant's T1-weighted image, if any.
+
+    Parameters
+    ----------
+    bids_dir : str or Path
+        BIDS dataset root.
+    subject : str
+        Participant label (without ``sub-``).
+    session : str, optional
+        The BOLD run's session: a T1w of the same session is preferred, then one without a
+        session, then any session's (fMRIPrep uses one anatomical reference per subject).
+
+    Returns
+    -------
+    Path or None
+        ``sub-<label>/[ses-<label>/]anat/*_T1w.nii[.gz]``, the first by name among the
+        preferred ones (no ``ce``/``rec``/``acq`` entity first, as a plain acquisition is
+        the usual anatomical reference); None when the participant has none.
+    """
+    sub_dir = Path(bids_dir) / f"sub-{subject}"
+    candidates: list[tuple[int, int, str, Path]] = []
+    dirs = [(None, sub_dir / "anat")]
+    if sub_dir.is_dir():
+        dirs += [(d.name[4:], d / "anat") for d in sorted(sub_dir.iterdir())
+                 if d.name.startswith("ses-") and d.is_dir()]
+    for ses, anat in dirs:
+        if not anat.is_dir():
+            continue
+        for path in sorted(anat.iterdir()):
+            parsed = parse_bids_name(path.name)
+            if parsed is None or parsed[1] != "T1w" or parsed[2] not in _BOLD_EXTENSIONS:
+                continue
+            if parsed[0].get("sub") != subject:
+                continue
+            rank_ses = 0 if (ses is not None and ses == session) else (1 if ses is None else 2)
+            extra = sum(k in parsed[0] for k in ("ce", "rec", "acq", "run"))
+            candidates.append((rank_ses, extra, path.name, path))
+    return min(candidates)[3] if candidates else None
 
 
 def _find_confounds(index: _Index, directory: Path, entities: Mapping[str, str]) -> Path | None:
