@@ -278,3 +278,111 @@ def test_confounds_into_clean(v21: Path) -> None:
     # a band-pass needs 34 volumes at order 5
     with pytest.raises(AnalysisError, match="at least 34 volumes"):
         clean(s, confounds=conf)
+
+
+# -- custom strategy files in XCP-D's format ----------------------------------------------
+
+_XCPD_36P = """\
+name: 36P
+description: |
+    In total, 36 nuisance regressors were selected from the preprocessing confounds,
+    according to the '36P' strategy.
+confounds:
+    preproc_confounds:
+        dataset: preprocessed
+        query:
+            space: null
+            cohort: null
+            res: null
+            den: null
+            desc: confounds
+            extension: .tsv
+            suffix: timeseries
+        columns:
+{columns}
+"""
+
+# XCP-D's older list form (acompcor.yml before the 0[0-4] fix), regexes included
+_XCPD_LIST = """\
+name: old_acompcor
+description: list form
+confounds:
+-   dataset: preprocessed
+    query:
+        space: null
+        description: confounds
+        extension: .tsv
+        suffix: timeseries
+    columns:
+    - trans_x
+    - trans_x_derivative1
+    - ^w_comp_cor_0[1-5]$
+    - ^c_comp_cor_0[1-5]$
+    - ^cosine\\d+$
+"""
+
+
+def test_custom_strategy_file_yaml(v21: Path, tmp_path: Path) -> None:
+    from neuroscale.analysis.confounds import load_strategy_file
+
+    tsv = find_confounds_file(v21)
+    assert tsv is not None
+    cols = "\n".join(f"        - {c}" for c in STRATEGIES["36P"].columns)
+    yml = tmp_path / "my36P.yml"
+    yml.write_text(_XCPD_36P.format(columns=cols))
+    strat = load_strategy_file(yml)
+    assert strat.name == "36P" and strat.columns == STRATEGIES["36P"].columns
+    assert strat.description.startswith("In total, 36 nuisance regressors")
+    got, names = load_confounds(tsv, str(yml))          # a path where a name goes
+    ref, ref_names = load_confounds(tsv, "36P")
+    assert names == ref_names
+    np.testing.assert_array_equal(got, ref)
+    lst = tmp_path / "old.yaml"
+    lst.write_text(_XCPD_LIST)
+    arr, names = load_confounds(tsv, lst, demean=False)
+    assert names == ["trans_x", "trans_x_derivative1", "w_comp_cor_01", "w_comp_cor_02",
+                     "w_comp_cor_03", "c_comp_cor_01", "c_comp_cor_02", "cosine00"]
+    # the same structure as JSON
+    import json
+
+    import yaml
+
+    js = tmp_path / "s.json"
+    js.write_text(json.dumps(yaml.safe_load(_XCPD_LIST)))
+    assert load_confounds(tsv, js, demean=False)[1] == names
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("confounds: [1, 2", "not valid YAML"),
+    ("- a\n- b\n", "is a mapping"),
+    ("name: x\nconfounds: {}\n", "empty"),
+    ("name: x\n", "'confounds' must be"),
+    ("name: x\nfoo: 1\nconfounds: {a: {columns: [csf]}}\n", "unknown keys"),
+    ("name: x\nconfounds: {a: {dataset: rapidtide, columns: [x]}}\n", "not supported"),
+    ("name: x\nconfounds: {a: {dataset: preprocessed}}\n", "'columns' is missing"),
+    ("name: x\nconfounds: {a: {columns: []}}\n", "non-empty list"),
+    ("name: x\nconfounds: {a: {columns: ['^w_comp_cor_0[1-5$']}}\n", "bad regular expression"),
+    ("name: x\nconfounds: {a: {columns: [csf, csf]}}\n", "listed twice"),
+    ("name: x\nconfounds: {a: {query: {desc: signal}, columns: [csf]}}\n", "confounds_timeseries"),
+    ("name: x\nconfounds: {a: {query: {extension: .nii.gz}, columns: [csf]}}\n", "voxelwise"),
+])
+def test_custom_strategy_file_errors(tmp_path: Path, text: str, match: str) -> None:
+    from neuroscale.analysis.confounds import load_strategy_file
+
+    path = tmp_path / "bad.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError, match=match) as err:
+        load_strategy_file(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_custom_strategy_file_missing(tmp_path: Path, v21: Path) -> None:
+    tsv = find_confounds_file(v21)
+    assert tsv is not None
+    with pytest.raises(InputNotFoundError, match="strategy file not found"):
+        load_confounds(tsv, str(tmp_path / "nope.yml"))
+    # columns the table lacks: AnalysisError naming them, as for the named strategies
+    path = tmp_path / "s.yml"
+    path.write_text("name: s\nconfounds: {a: {columns: [csf, not_a_column]}}\n")
+    with pytest.raises(AnalysisError, match="not_a_column"):
+        load_confounds(tsv, path)

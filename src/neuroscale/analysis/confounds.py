@@ -31,6 +31,32 @@ Columns given as ``^...$`` are regular expressions, as in XCP-D's files (matched
 :func:`re.fullmatch` against every column, in file order).  The order of the 24P/36P
 expansion columns is normalised to ``x, x_derivative1, x_power2, x_derivative1_power2``.
 
+Custom strategies are read from a file in XCP-D's own nuisance format (the format of the
+files above; XCP-D ``--nuisance-regressors PATH.yml``), YAML or the same structure in JSON,
+by :func:`load_strategy_file`::
+
+    name: my_strategy
+    description: |
+        Text for the report.
+    confounds:
+        preproc_confounds:              # XCP-D >= 0.8: a mapping of named sources
+            dataset: preprocessed
+            query:
+                space: null
+                desc: confounds
+                extension: .tsv
+                suffix: timeseries
+            columns:
+            - trans_x
+            - ^a_comp_cor_0[0-4]$
+
+XCP-D's older list form (``confounds: [{dataset: ..., query: ..., columns: [...]}]``) is
+accepted too.  Only the preprocessing confounds table (``dataset: preprocessed``, or
+``fmriprep``; ``query`` naming ``desc: confounds`` / ``suffix: timeseries`` if it names them)
+is supported; other sources (custom TSVs, fMRIPost-AROMA, rapidtide voxelwise regressors)
+are refused with a :class:`~neuroscale.errors.ConfigurationError`.  A path ending in
+``.yml``, ``.yaml`` or ``.json`` may be given wherever a strategy name is.
+
 Missing first-row values of the derivative columns (fMRIPrep writes ``n/a``) are filled as
 nilearn's ``load_confounds`` fills them: with the value of the second row
 (``nilearn/interfaces/fmriprep/load_confounds_utils.py::prepare_output``, nilearn 0.14.1).
@@ -42,6 +68,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,10 +77,12 @@ from neuroscale.errors import AnalysisError, ConfigurationError, InputNotFoundEr
 
 __all__ = [
     "STRATEGIES",
+    "STRATEGY_FILE_SUFFIXES",
     "Strategy",
     "check_confounds_length",
     "find_confounds_file",
     "load_confounds",
+    "load_strategy_file",
     "non_steady_state_mask",
     "read_confounds_tsv",
     "select_columns",
@@ -140,7 +169,150 @@ def _is_regex(name: str) -> bool:
     return len(name) > 1 and name.startswith("^") and name.endswith("$")
 
 
-def _resolve_strategy(strategy: str | Sequence[str]) -> Strategy:
+#: File name endings read as custom strategy files.
+STRATEGY_FILE_SUFFIXES = (".yml", ".yaml", ".json")
+_PREPROC_DATASETS = ("preprocessed", "fmriprep", "neuroscale")
+_ENTRY_KEYS = {"dataset", "query", "columns"}
+
+
+def _parse_columns(columns: Any, where: str, path: Path) -> list[str]:
+    if not isinstance(columns, list) or not columns:
+        raise ConfigurationError(f"{where}: 'columns' must be a non-empty list of column "
+                                 "names", path)
+    out: list[str] = []
+    for c in columns:
+        if not isinstance(c, str) or not c.strip():
+            raise ConfigurationError(f"{where}: column {c!r} is not a non-empty string", path)
+        c = c.strip()
+        if _is_regex(c):
+            try:
+                re.compile(c)
+            except re.error as exc:
+                raise ConfigurationError(f"{where}: bad regular expression {c!r} ({exc})",
+                                         path) from None
+        out.append(c)
+    return out
+
+
+def _check_entry(entry: Any, where: str, path: Path) -> list[str]:
+    if not isinstance(entry, dict):
+        raise ConfigurationError(f"{where} must be a mapping with dataset/query/columns", path)
+    unknown = sorted(set(entry) - _ENTRY_KEYS)
+    if unknown:
+        raise ConfigurationError(f"{where}: unknown keys {unknown} (allowed: dataset, query, "
+                                 "columns)", path)
+    dataset = entry.get("dataset", "preprocessed")
+    if dataset not in _PREPROC_DATASETS:
+        raise ConfigurationError(
+            f"{where}: dataset {dataset!r} is not supported; only the preprocessing confounds "
+            f"table ({' / '.join(_PREPROC_DATASETS)}) can be used", path)
+    query = entry.get("query", {})
+    if query is None:
+        query = {}
+    if not isinstance(query, dict):
+        raise ConfigurationError(f"{where}: 'query' must be a mapping", path)
+    desc = query.get("desc", query.get("description", "confounds"))
+    if desc != "confounds" or query.get("suffix", "timeseries") not in ("timeseries",
+                                                                         "regressors"):
+        raise ConfigurationError(f"{where}: only the desc-confounds_timeseries table is "
+                                 f"supported, the query asks for {query}", path)
+    if query.get("extension", ".tsv") != ".tsv":
+        raise ConfigurationError(f"{where}: only .tsv confounds are supported (voxelwise "
+                                 "regressors are not)", path)
+    if "columns" not in entry:
+        raise ConfigurationError(f"{where}: 'columns' is missing", path)
+    return _parse_columns(entry["columns"], where, path)
+
+
+def load_strategy_file(path: str | Path) -> Strategy:
+    """Read a custom nuisance strategy in XCP-D's YAML format (or the same as JSON).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.yml``, ``.yaml`` or ``.json`` file (see the module docstring for the format).
+
+    Returns
+    -------
+    Strategy
+        ``name`` (the file's ``name``, else the file stem), exact columns and ``^...$``
+        patterns (each required to match at least one column), ``description``.
+
+    Raises
+    ------
+    InputNotFoundError
+        The file does not exist.
+    ConfigurationError
+        Unreadable or malformed file: not YAML/JSON, not a mapping, unknown top-level keys,
+        no ``confounds``, a source other than the preprocessing confounds table, empty or
+        non-string columns, a bad regular expression, a column listed twice.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputNotFoundError("nuisance strategy file not found", path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        if path.suffix.lower() == ".json":
+            import json
+
+            spec = json.loads(text)
+        else:
+            import yaml
+
+            spec = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read the nuisance strategy file: {exc}".replace(
+            "\n", " "), path) from None
+    except Exception as exc:  # yaml.YAMLError
+        msg = " ".join(str(exc).split())
+        raise ConfigurationError(f"not valid YAML: {msg}", path) from None
+    if not isinstance(spec, dict):
+        raise ConfigurationError("a nuisance strategy file is a mapping with name, "
+                                 "description and confounds", path)
+    unknown = sorted(set(spec) - {"name", "description", "confounds"})
+    if unknown:
+        raise ConfigurationError(f"unknown keys {unknown} (allowed: name, description, "
+                                 "confounds)", path)
+    name = spec.get("name", path.stem.split(".")[0])
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError("'name' must be a non-empty string", path)
+    description = spec.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigurationError("'description' must be a string", path)
+    sources = spec.get("confounds")
+    if isinstance(sources, dict):
+        entries = [(f"confounds.{k}", v) for k, v in sources.items()]
+    elif isinstance(sources, list):
+        entries = [(f"confounds[{i}]", v) for i, v in enumerate(sources)]
+    else:
+        raise ConfigurationError("'confounds' must be a mapping of sources (or a list) with "
+                                 "columns", path)
+    if not entries:
+        raise ConfigurationError("'confounds' is empty", path)
+    columns: list[str] = []
+    for where, entry in entries:
+        columns.extend(_check_entry(entry, where, path))
+    dup = sorted({c for c in columns if columns.count(c) > 1})
+    if dup:
+        raise ConfigurationError(f"columns listed twice: {dup}", path)
+    return Strategy(
+        name.strip(),
+        tuple(c for c in columns if not _is_regex(c)),
+        tuple((c, True) for c in columns if _is_regex(c)),
+        description=" ".join(description.split()),
+    )
+
+
+def _is_strategy_file(strategy: Any) -> bool:
+    return isinstance(strategy, Path) or (
+        isinstance(strategy, str) and strategy.lower().endswith(STRATEGY_FILE_SUFFIXES))
+
+
+def _resolve_strategy(strategy: str | Sequence[str] | Strategy | Path) -> Strategy:
+    if isinstance(strategy, Strategy):
+        return strategy
+    if isinstance(strategy, Path) or _is_strategy_file(strategy):
+        return load_strategy_file(str(strategy))
     if isinstance(strategy, str):
         try:
             return STRATEGIES[strategy]
@@ -149,7 +321,7 @@ def _resolve_strategy(strategy: str | Sequence[str]) -> Strategy:
                 f"unknown confound strategy {strategy!r}; valid strategies: "
                 f"{', '.join(STRATEGIES)} (or a list of column names)"
             ) from None
-    names = list(strategy)
+    names: list[Any] = list(strategy)
     if not all(isinstance(n, str) and n for n in names):
         raise ConfigurationError(f"a custom confound strategy is a list of column names, got "
                                  f"{strategy!r}")
@@ -202,7 +374,7 @@ def read_confounds_tsv(path: str | Path) -> pd.DataFrame:
 
 def select_columns(
     columns: Sequence[str],
-    strategy: str | Sequence[str],
+    strategy: str | Sequence[str] | Strategy | Path,
     path: str | Path | None = None,
 ) -> list[str]:
     """Names of the confound columns that ``strategy`` selects among ``columns``.
@@ -211,8 +383,9 @@ def select_columns(
     ----------
     columns : sequence of str
         The columns available (a confounds TSV header, plus AROMA columns if any).
-    strategy : str or sequence of str
-        A key of :data:`STRATEGIES`, or a custom list of column names / ``^regex$`` entries.
+    strategy : str, sequence of str, Strategy or Path
+        A key of :data:`STRATEGIES`, a custom list of column names / ``^regex$`` entries, a
+        :class:`Strategy`, or an XCP-D-format strategy file (``.yml``/``.yaml``/``.json``).
     path : str or Path, optional
         The file, for error messages.
 
@@ -260,7 +433,7 @@ def select_columns(
 
 def load_confounds(
     path: str | Path,
-    strategy: str | Sequence[str] = "36P",
+    strategy: str | Sequence[str] | Strategy | Path = "36P",
     *,
     aroma_path: str | Path | None = None,
     demean: bool = True,
@@ -271,10 +444,12 @@ def load_confounds(
     ----------
     path : str or Path
         ``*_desc-confounds_timeseries.tsv`` (see :func:`find_confounds_file`).
-    strategy : str or sequence of str
+    strategy : str, sequence of str, Strategy or Path
         ``"none"``, ``"6P"``, ``"24P"``, ``"27P"``, ``"36P"``, ``"acompcor"``,
         ``"acompcor_gsr"``, ``"gsr_only"``, ``"aroma"``, ``"aroma_gsr"`` (see the module
-        docstring), or a list of column names (entries written ``^...$`` are regexes).
+        docstring), a list of column names (entries written ``^...$`` are regexes), a
+        :class:`Strategy`, or the path of an XCP-D-format strategy file
+        (:func:`load_strategy_file`).
     aroma_path : str or Path, optional
         fMRIPost-AROMA's confounds TSV with ``aroma_orth_motion_*`` columns (same number of
         rows); without it those columns are looked for in ``path``.
@@ -294,9 +469,9 @@ def load_confounds(
     Raises
     ------
     InputNotFoundError
-        ``path`` or ``aroma_path`` does not exist.
+        ``path``, ``aroma_path`` or the strategy file does not exist.
     ConfigurationError
-        Unknown strategy name (the message lists the valid ones).
+        Unknown strategy name (the message lists the valid ones); a malformed strategy file.
     AnalysisError
         Required columns missing (named in the message), the AROMA table's row count differs,
         or NaN/inf left after the first-row fill.
@@ -311,8 +486,7 @@ def load_confounds(
             )
         extra = [c for c in aroma.columns if c not in df.columns]
         df = pd.concat([df, aroma[extra]], axis=1)
-    names = select_columns(list(df.columns), strategy if strat.name == "custom" else strat.name,
-                           path)
+    names = select_columns(list(df.columns), strat, path)
     if not names:
         return np.zeros((len(df), 0), dtype=np.float64), []
     sel = df[names]

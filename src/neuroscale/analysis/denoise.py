@@ -37,11 +37,17 @@ from neuroscale.kernels.signal import clean_block, psc_finish_block, psc_parts_b
 
 __all__ = [
     "BUTTERWORTH_ORDER",
+    "DEFAULT_FD_THRESHOLD_MM",
     "FILTERS",
     "STANDARDIZE",
     "butterworth_min_volumes",
+    "censoring_mask",
+    "censoring_summary",
     "clean",
 ]
+
+#: XCP-D-style motion censoring threshold on framewise displacement, mm.
+DEFAULT_FD_THRESHOLD_MM = 0.5
 
 #: Order of nilearn's Butterworth filter (``nilearn.signal.butterworth(order=5)``).
 BUTTERWORTH_ORDER = 5
@@ -98,6 +104,102 @@ def butterworth_min_volumes(
     sos = sp_signal.butter(N=order, Wn=wn, btype=btype, output="sos", fs=1.0 / t_r)
     ntaps = 2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
     return 3 * ntaps + 1
+
+
+def censoring_mask(fd: Any, threshold_mm: float = DEFAULT_FD_THRESHOLD_MM,
+                   n_dummy: int = 0) -> np.ndarray:
+    """Volumes kept after motion censoring ("scrubbing"), XCP-D's definition.
+
+    A volume is censored when its framewise displacement exceeds the threshold
+    (``fd > threshold_mm``, strictly; XCP-D ``generate_temporal_mask`` /
+    ``FlagMotionOutliers``: ``fd_timeseries > fd_thresh``).  Only the volume itself is
+    censored: no neighbour before or after (XCP-D's default; Power et al. 2014 also flagged
+    1 volume before and 2 after, which XCP-D does not do).  The first volume's FD, undefined
+    (``n/a`` in fMRIPrep's table), counts as 0.  The first ``n_dummy`` volumes (non-steady
+    state) are censored too; XCP-D removes them before censoring, which, for the kept
+    volumes, is the same.  A threshold ``<= 0`` disables censoring (XCP-D's
+    ``--fd-thresh 0``).
+
+    Parameters
+    ----------
+    fd : array_like, shape (n_volumes,)
+        Framewise displacement, mm (Power et al. 2012; fMRIPrep's ``framewise_displacement``
+        column); NaN allowed in the first row only.
+    threshold_mm : float
+        FD threshold, mm (default 0.5).
+    n_dummy : int
+        Leading non-steady-state volumes to censor.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_volumes,)
+        True for kept volumes: pass it as ``sample_mask`` to :func:`clean`.
+
+    Raises
+    ------
+    ConfigurationError
+        ``fd`` not 1D, NaN beyond the first row, negative values; bad ``threshold_mm`` or
+        ``n_dummy``.
+    AnalysisError
+        Every volume is censored.
+    """
+    x = np.asarray(fd, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ConfigurationError(f"fd must be a non-empty 1D array, got shape {x.shape}")
+    if not np.all(np.isfinite(x[1:])):
+        raise ConfigurationError("framewise displacement has n/a or infinite values beyond "
+                                 "the first volume")
+    x = np.nan_to_num(x, nan=0.0)
+    if (x < 0).any():
+        raise ConfigurationError("framewise displacement cannot be negative")
+    if isinstance(threshold_mm, bool) or not isinstance(threshold_mm, (int, float, np.number)) \
+            or not math.isfinite(float(threshold_mm)):
+        raise ConfigurationError(f"threshold_mm must be a number of mm, got {threshold_mm!r}")
+    if isinstance(n_dummy, bool) or not isinstance(n_dummy, (int, np.integer)) \
+            or not 0 <= int(n_dummy) <= x.size:
+        raise ConfigurationError(f"n_dummy must be in [0, {x.size}], got {n_dummy!r}")
+    keep = np.ones(x.size, dtype=bool) if threshold_mm <= 0 else x <= float(threshold_mm)
+    keep[: int(n_dummy)] = False
+    if not keep.any():
+        raise AnalysisError(f"motion censoring at FD > {threshold_mm} mm removes all "
+                            f"{x.size} volumes")
+    return keep
+
+
+def censoring_summary(keep: Any, *, t_r: float | None = None,
+                      threshold_mm: float | None = None, n_dummy: int = 0) -> dict[str, Any]:
+    """The censoring figures for the QC JSON.
+
+    Parameters
+    ----------
+    keep : array_like of bool, shape (n_volumes,)
+        From :func:`censoring_mask`.
+    t_r : float, optional
+        Repetition time, s (for the kept duration).
+    threshold_mm : float, optional
+        The FD threshold used, mm.
+    n_dummy : int
+        Leading volumes censored as non-steady-state.
+
+    Returns
+    -------
+    dict
+        ``n_volumes``, ``n_volumes_kept``, ``n_volumes_censored`` (motion only, dummies
+        excluded), ``n_dummy``, ``fd_threshold_mm``, ``kept_duration_s`` (None without
+        ``t_r``), ``censored_volumes`` (0-based indices).
+    """
+    k = np.asarray(keep, dtype=bool).reshape(-1)
+    n_kept = int(k.sum())
+    censored = [int(i) for i in np.flatnonzero(~k) if i >= n_dummy]
+    return {
+        "n_volumes": int(k.size),
+        "n_volumes_kept": n_kept,
+        "n_volumes_censored": len(censored),
+        "n_dummy": int(n_dummy),
+        "fd_threshold_mm": None if threshold_mm is None else float(threshold_mm),
+        "kept_duration_s": None if t_r is None else float(n_kept * t_r),
+        "censored_volumes": censored,
+    }
 
 
 def _resolve_t_r(series: Series, t_r: float | None, needed: bool) -> float | None:
@@ -211,6 +313,21 @@ def clean(
     filter) -> linear detrend -> Butterworth band-pass, or cosine drift regressors -> censoring
     -> projection onto the orthogonal complement of the confounds (which are detrended and
     filtered the same way first, Lindquist et al. 2019) -> standardisation.
+
+    With a ``sample_mask`` (e.g. :func:`censoring_mask`) and the Butterworth filter this is
+    XCP-D's scrubbing order (``denoise_with_nilearn``, XCP-D >= 0.7): the censored volumes of
+    the signals *and* of the confounds are replaced by a cubic spline through the kept ones,
+    both are detrended and band-passed, then the confounds are fitted on the kept volumes
+    only and the kept volumes' residuals are returned (nilearn semantics: ``n_kept`` rows;
+    XCP-D also computes the censored rows and drops them later, before connectivity, so the
+    kept rows are the same computation).  Censored values never reach the kept volumes.
+    Differences from XCP-D, all at the run's edges or in the filter's details: censored
+    volumes before the first / after the last kept volume are dropped (nilearn) rather than
+    filled with the nearest kept volume (XCP-D); the filter is nilearn's 5th-order
+    Butterworth with ``sosfiltfilt``'s default odd padding (XCP-D: ``--bpf-order``, default
+    2, constant padding of ``n - 1`` samples); and the confounds are z-scored over the kept
+    volumes before the projection (``standardize_confounds``; XCP-D regresses the
+    unstandardised, detrended confounds without an intercept).
 
     Parameters
     ----------
