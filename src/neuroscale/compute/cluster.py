@@ -249,7 +249,9 @@ def build_jobqueue_cluster(profile: ClusterProfile, *, dashboard: bool = False) 
     cls = getattr(dask_jobqueue, _JOBQUEUE_CLASSES[profile.kind])
     kwargs: dict[str, Any] = {
         "job_name": "neuroscale",
-        "scheduler_options": {"dashboard_address": ":0" if dashboard else None},
+        # the scheduler always runs an HTTP server (health, metrics; :8787 when the address is
+        # None, clashing with any other cluster): a free port, with the dashboard or without
+        "scheduler_options": {"dashboard_address": ":0", "dashboard": dashboard},
     }
     for key in ("queue", "cores", "memory", "processes", "walltime", "interface",
                 "local_directory", "log_directory"):
