@@ -168,6 +168,25 @@ def ns_clean_first(cfg: Config) -> dict[str, Any]:
     return {"seconds": dt, "extra": extra}
 
 
+@case("ns_ingest")
+def ns_ingest(cfg: Config) -> dict[str, Any]:
+    """The ingest alone: stream the .nii.gz into a fresh Zarr working copy (open_image)."""
+    import resource as _r
+
+    from neuroscale.image import open_image
+
+    cache = Path(cfg["scratch"]) / "fresh-cache"
+    _rmtree(cache)
+    cpu0 = _r.getrusage(_r.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    open_image(cfg["bold"], cache_dir=str(cache))
+    dt = time.perf_counter() - t0
+    cpu1 = _r.getrusage(_r.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    _rmtree(cache)
+    return {"seconds": dt, "extra": {"cpu_s": cpu}}
+
+
 @case("ns_clean_zarr")
 def ns_clean_zarr(cfg: Config) -> dict[str, Any]:
     """From the existing Zarr working copy."""
@@ -451,7 +470,7 @@ _NILEARN = ["nibabel", "nilearn.maskers", "nilearn.image", "nilearn.signal", "sc
             "nilearn.connectome", "sklearn.covariance"]
 WARM = {
     "nilearn_masker": _NILEARN, "nilearn_labels": _NILEARN, "check": _NILEARN + _NS_PARCEL,
-    "ns_clean_first": _NEUROSCALE, "ns_clean_zarr": _NEUROSCALE,
+    "ns_clean_first": _NEUROSCALE, "ns_clean_zarr": _NEUROSCALE, "ns_ingest": _NEUROSCALE,
     "ns_clean_dist1": _NEUROSCALE, "ns_clean_dist2": _NEUROSCALE,
     "ns_parcel_first": _NS_PARCEL, "ns_parcel_zarr": _NS_PARCEL,
     "ns_centrality": [*_NEUROSCALE, "neuroscale.kernels.maps"], "np_centrality": _NEUROSCALE,

@@ -322,15 +322,22 @@ def _local_client(
         if mem:
             n_workers = max(1, min(n_workers, int(0.9 * total) // mem))
     per_worker = mem or int(0.9 * total / n_workers)
+    import dask.config
+
+    # glibc keeps freed chunk buffers mapped in per-thread arenas: two arenas bound the RSS a
+    # worker keeps after its tasks (Dask's nanny already sets MALLOC_TRIM_THRESHOLD_)
+    environ = {"MALLOC_ARENA_MAX": "2",
+               **dask.config.get("distributed.nanny.pre-spawn-environ", {})}
     try:
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            memory_limit=per_worker,
-            processes=processes,
-            dashboard_address=":0" if dashboard else None,
-            silence_logs=logging.ERROR,
-        )
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                memory_limit=per_worker,
+                processes=processes,
+                dashboard_address=":0" if dashboard else None,
+                silence_logs=logging.ERROR,
+            )
     except Exception as exc:  # pragma: no cover - environment dependent
         raise ComputeError(f"cannot start a local Dask cluster ({exc})") from exc
     client = Client(cluster)

@@ -130,6 +130,10 @@ def _original_mean(x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     return x[sample_mask].mean(axis=0)
 
 
+#: Voxels cleaned per nilearn call inside one chunk (bounds nilearn's float64 copies).
+COLUMN_BLOCK = 512
+
+
 def clean_block(
     block: np.ndarray,
     *,
@@ -176,8 +180,18 @@ def clean_block(
     params = {"confounds": confounds, "sample_mask": sample_mask, "t_r": t_r,
               "detrend": detrend, "standardize_confounds": standardize_confounds,
               "filter": filter, "low_pass": low_pass, "high_pass": high_pass}
-    x, params = _prepare(block, params)
-    return _nilearn_clean(x, standardize, params).astype(np.float32)
+    n_voxels = block.shape[1]
+    out: np.ndarray | None = None
+    # nilearn works in float64 and makes several copies: clean COLUMN_BLOCK voxels at a time
+    # (every step is column-wise, so the result is the same) to bound the transient memory
+    for j in range(0, max(n_voxels, 1), COLUMN_BLOCK):
+        x, prepared = _prepare(block[:, j:j + COLUMN_BLOCK], params)
+        cleaned = _nilearn_clean(x, standardize, prepared)
+        if out is None:
+            out = np.empty((cleaned.shape[0], n_voxels), dtype=np.float32)
+        out[:, j:j + COLUMN_BLOCK] = cleaned
+    assert out is not None
+    return out
 
 
 def psc_parts_block(block: np.ndarray, **params: Any) -> np.ndarray:
