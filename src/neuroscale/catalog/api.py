@@ -8,11 +8,19 @@ write < own`` on collections inherited by their members, tickets, and fixity che
 
 Crash safety of ingest (what a SIGKILL at any point leaves behind)
 ------------------------------------------------------------------
-1. the source is copied into the store's ``tmp/`` area while its SHA-256 is computed, and
-   fsync'd;
-2. a ``blobs`` row is *claimed* in state ``pending`` (owner pid and host recorded);
-3. the copy is moved to ``objects/ab/cd/<sha256>`` and read back: its SHA-256 must match;
-4. one transaction turns the blob ``ok`` and inserts the data object and its metadata.
+Files are ingested in batches (up to ``INGEST_BATCH_FILES`` files / ``INGEST_BATCH_BYTES``
+bytes; a larger file is a batch of its own), each batch step by step:
+
+1. every source is copied into the store's ``tmp/`` area while its SHA-256 is computed;
+2. the ``blobs`` rows of the new contents are *claimed* in state ``pending`` (owner pid and
+   host recorded), in one transaction;
+3. the copies are moved to ``objects/ab/cd/<sha256>`` and made durable together (an fsync of
+   each file and directory, or one ``syncfs(2)`` for a batch of many files), then read back:
+   each SHA-256 must match;
+4. one transaction turns the blobs ``ok`` and inserts the data objects and their metadata.
+
+A record is thus committed only after its stored copy is durable and verified (SQLite runs in
+WAL mode with ``synchronous=NORMAL``: a power loss may lose the last commits, never order).
 
 A data object therefore only ever refers to an ``ok`` blob whose stored copy was verified.
 A crash leaves at most a ``tmp/`` file and a ``pending`` blob (maybe with its stored copy);
@@ -39,7 +47,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +56,18 @@ from neuroscale.catalog._deps import require
 
 require("sqlalchemy")
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update  # noqa: E402
+from sqlalchemy import (  # noqa: E402
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
@@ -95,6 +114,27 @@ from neuroscale.catalog.query import to_sql  # noqa: E402
 from neuroscale.catalog.store import HOST, Store, hash_stream, open_store  # noqa: E402
 
 READ, WRITE, OWN = LEVELS["read"], LEVELS["write"], LEVELS["own"]
+#: An ingest batch (one claim transaction, one sync, one commit transaction) holds at most
+#: this many files and bytes; a larger file forms a batch of its own.
+INGEST_BATCH_FILES = 1000
+INGEST_BATCH_BYTES = 256 << 20
+#: Rows per SQL statement (bound parameters stay far below SQLite's and PostgreSQL's limits).
+SQL_CHUNK = 500
+BAD_CHECKS = ("corrupt", "missing")
+#: A comparison matching fewer triples than this makes a limited ``find`` start from its
+#: matches; when all match more, ``find`` walks objects in result order instead.
+FIND_DENSE_ROWS = 10000
+
+
+def _table(model: Any) -> Table:
+    """The Core table of a mapped class (for bulk inserts and updates)."""
+    table: Table = model.__table__
+    return table
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for k in range(0, len(seq), n):
+        yield seq[k : k + n]
 
 
 def _fault(point: str) -> None:
@@ -882,11 +922,24 @@ class Catalog:
             coll = self._ensure_collection(s, collection, me, levels)
             coll_id, coll_path, me_id = coll.id, coll.path, me.id if me else None
         self.recover()
+        batch: list[tuple[Path, str, list[md.Triple]]] = []
+        names: set[str] = set()
+        nbytes = 0
         for local, objname in files:
+            size = local.stat().st_size
+            if batch and (
+                objname in names
+                or len(batch) >= INGEST_BATCH_FILES
+                or nbytes + size > INGEST_BATCH_BYTES
+            ):
+                report.results.extend(self._ingest_batch(batch, coll_id, coll_path, me_id))
+                batch, names, nbytes = [], set(), 0
             triples = (md.extract(local) if extract else []) + meta
-            report.results.append(
-                self._ingest_one(local, coll_id, coll_path, objname, md.dedupe(triples), me_id)
-            )
+            batch.append((local, objname, md.dedupe(triples)))
+            names.add(objname)
+            nbytes += size
+        if batch:
+            report.results.extend(self._ingest_batch(batch, coll_id, coll_path, me_id))
         return report
 
     @staticmethod
@@ -912,6 +965,242 @@ class Catalog:
                     continue
                 out.append((full, check_object_name(full.relative_to(path).as_posix())))
         return out
+
+    def _ingest_batch(
+        self,
+        items: list[tuple[Path, str, list[md.Triple]]],
+        coll_id: int,
+        coll_path: str,
+        me_id: int | None,
+    ) -> list[IngestResult]:
+        """Ingest ``items`` (file, object name, triples; names distinct) with the protocol of
+        the module docstring applied to the whole batch at once.
+
+        Every file is copied to ``tmp/`` while hashed, the contents are claimed (``pending``)
+        in one transaction, moved into place, made durable together (:meth:`Store.sync`, one
+        ``syncfs`` for a large batch), re-hashed, and only then are all blobs turned ``ok``
+        and all objects and metadata inserted in one transaction.  A file already catalogued
+        under its name with the same content is only hashed.  When a file conflicts with a
+        different content already catalogued under its name, the files before it are
+        committed and :class:`ConflictError` is raised.
+        """
+        store = self.store
+        results: dict[int, IngestResult] = {}
+        existing: dict[str, tuple[DataObject, str | None]] = {}
+        names = [name for _, name, _ in items]
+        with self._sessions() as s:
+            for part in _chunks(names, SQL_CHUNK):
+                for obj, check in s.execute(
+                    select(DataObject, Blob.check_status)
+                    .join(Blob, Blob.sha256 == DataObject.sha256)
+                    .where(DataObject.collection_id == coll_id, DataObject.name.in_(part))
+                ):
+                    existing[obj.name] = (obj, check)
+        coll = Collection(id=coll_id, path=coll_path)
+        temps: dict[int, Any] = {}
+        moved: set[str] = set()
+        conflict: ConflictError | None = None
+        try:
+            for i, (local, name, _) in enumerate(items):
+                known = existing.get(name)
+                if known is not None and known[1] is not None and known[1] not in BAD_CHECKS:
+                    # already catalogued under this name: hash (no copy) and leave it as it is
+                    with open(local, "rb") as src:
+                        digest, _ = hash_stream(src)
+                    if digest == known[0].sha256 and store.stored_size(digest) is not None:
+                        results[i] = IngestResult(
+                            str(local), self._info(known[0], coll), "unchanged"
+                        )
+                        continue
+                with open(local, "rb") as src:
+                    temps[i] = store.write_temp(src, sync=False)
+                if known is not None and known[0].sha256 != temps[i].sha256:
+                    conflict = ConflictError(
+                        f"{_object_path(coll_path, name)} already holds different content "
+                        f"(sha256 {known[0].sha256})",
+                        local,
+                    )
+                    break
+            _fault("copied")
+            todo = [i for i in sorted(temps) if conflict is None or i < max(temps)]
+            if todo:
+                self._store_and_commit(items, todo, temps, existing, coll, me_id, results, moved)
+        finally:
+            for tmp in temps.values():
+                if tmp.key not in moved:
+                    store.discard(tmp.key)
+        if conflict is not None:
+            raise conflict
+        return [results[i] for i in sorted(results)]
+
+    def _store_and_commit(
+        self,
+        items: list[tuple[Path, str, list[md.Triple]]],
+        todo: list[int],
+        temps: dict[int, Any],
+        existing: dict[str, tuple[DataObject, str | None]],
+        coll: Collection,
+        me_id: int | None,
+        results: dict[int, IngestResult],
+        moved: set[str],
+    ) -> None:
+        """Claim, move, sync, verify and commit the copies ``temps[i]`` for ``i`` in ``todo``
+        (the keys of the temporary copies moved into place are added to ``moved``)."""
+        store = self.store
+        sizes = {temps[i].sha256: temps[i].size for i in todo}
+        first_tmp: dict[str, str] = {}
+        for i in todo:
+            first_tmp.setdefault(temps[i].sha256, temps[i].key)
+        states = self._claim_many(sizes)
+        _fault("claimed")
+        need_copy: list[str] = []
+        with self._sessions() as s:
+            bad = {
+                sha
+                for part in _chunks([x for x, st in states.items() if st == "ok"], SQL_CHUNK)
+                for sha, check in s.execute(
+                    select(Blob.sha256, Blob.check_status).where(Blob.sha256.in_(part))
+                )
+                if check in BAD_CHECKS
+            }
+        for sha, state in states.items():
+            if state == "pending" or sha in bad or store.stored_size(sha) != sizes[sha]:
+                need_copy.append(sha)
+        for sha in need_copy:
+            store.commit(first_tmp[sha], sha, sync=False)
+            moved.add(first_tmp[sha])
+        store.sync(need_copy)
+        _fault("moved")
+        for sha in need_copy:
+            got = store.hash_stored(sha)
+            if got != (sha, sizes[sha]):
+                local = next(items[i][0] for i in todo if temps[i].sha256 == sha)
+                raise StoredObjectCorruptedError(
+                    f"stored copy of {local.name} does not match (sha256 {sha}, read back {got})",
+                    store.url,
+                )
+        _fault("verified")
+        now = utcnow()
+        copied = set(need_copy)
+        with self._sessions() as s, s.begin():
+            for group, extra in (
+                (need_copy, {"verified_at": now, "checked_at": now, "check_status": "ok"}),
+                ([x for x in states if x not in copied], {}),
+            ):
+                for part in _chunks(group, SQL_CHUNK):
+                    done = s.execute(
+                        update(Blob)
+                        .where(Blob.sha256.in_(part), Blob.state.in_(("pending", "ok")))
+                        .values(state="ok", owner_pid=None, owner_host=None, **extra)
+                        .execution_options(synchronize_session=False)
+                    )
+                    if done.rowcount != len(part):  # type: ignore[attr-defined]
+                        raise CatalogError(
+                            "stored content was removed concurrently; ingest again",
+                            items[todo[0]][0],
+                        )
+            new = [i for i in todo if items[i][1] not in existing]
+            ids: dict[str, int] = {}
+            if new:
+                rows = [
+                    {
+                        "collection_id": coll.id,
+                        "name": items[i][1],
+                        "sha256": temps[i].sha256,
+                        "size": temps[i].size,
+                        "created": now,
+                        "creator_id": me_id,
+                    }
+                    for i in new
+                ]
+                try:
+                    for part in _chunks(rows, SQL_CHUNK):
+                        for oid, oname in s.execute(
+                            insert(_table(DataObject)).returning(
+                                _table(DataObject).c.id, _table(DataObject).c.name
+                            ),
+                            part,
+                        ):
+                            ids[oname] = oid
+                except IntegrityError as exc:
+                    raise ConflictError(
+                        f"an object of {coll.path} was created concurrently", items[new[0]][0]
+                    ) from exc
+                avus = [
+                    {
+                        "object_id": ids[items[i][1]],
+                        "collection_id": None,
+                        "attribute": t.attribute,
+                        "value": t.value,
+                        "value_num": t.value_num,
+                        "unit": t.unit,
+                        "source": t.source,
+                    }
+                    for i in new
+                    for t in items[i][2]
+                ]
+                for part in _chunks(avus, SQL_CHUNK):
+                    s.execute(insert(_table(AVU)), part)
+            _fault("before_commit")
+        _fault("committed")
+        added: set[str] = set()
+        for i in todo:
+            local, name, _ = items[i]
+            tmp = temps[i]
+            if name in existing:
+                obj, status = existing[name][0], "unchanged"
+            else:
+                obj = DataObject(
+                    id=ids[name],
+                    collection_id=coll.id,
+                    name=name,
+                    sha256=tmp.sha256,
+                    size=tmp.size,
+                    created=now,
+                )
+                if states[tmp.sha256] == "pending" and tmp.sha256 not in added:
+                    status = "added"
+                    added.add(tmp.sha256)
+                else:
+                    status = "deduplicated"
+            results[i] = IngestResult(str(local), self._info(obj, coll), status)
+
+    def _claim_many(self, sizes: dict[str, int]) -> dict[str, str]:
+        """:meth:`_claim` for many contents: one transaction inserts every new ``pending`` blob;
+        contents already known (or raced) go through :meth:`_claim` one by one."""
+        states: dict[str, str] = {}
+        known: dict[str, str] = {}
+        with self._sessions() as s:
+            for part in _chunks(list(sizes), SQL_CHUNK):
+                known.update(
+                    s.execute(select(Blob.sha256, Blob.state).where(Blob.sha256.in_(part))).all()
+                )
+        fresh = [sha for sha in sizes if sha not in known]
+        if fresh:
+            try:
+                with self._sessions() as s, s.begin():
+                    created = utcnow()
+                    for part in _chunks(fresh, SQL_CHUNK):
+                        s.execute(
+                            insert(_table(Blob)),
+                            [
+                                {
+                                    "sha256": sha,
+                                    "size": sizes[sha],
+                                    "state": "pending",
+                                    "created": created,
+                                    "owner_pid": os.getpid(),
+                                    "owner_host": HOST,
+                                }
+                                for sha in part
+                            ],
+                        )
+                states.update(dict.fromkeys(fresh, "pending"))
+            except IntegrityError:  # a concurrent ingest claimed one of them: one by one
+                known.update(dict.fromkeys(fresh, "raced"))
+        for sha, state in known.items():
+            states[sha] = "ok" if state == "ok" else self._claim(sha, sizes[sha])
+        return states
 
     def _ingest_one(
         self,
@@ -1383,27 +1672,81 @@ class Catalog:
         """
         node = parse_query(where)
         with self._sessions() as s, s.begin():
-            levels = self._levels(s, self._me(s, required=False))
-            readable = [cid for cid, lv in levels.items() if lv >= READ]
-            if collection is not None:
-                root = self._collection(s, collection, levels, READ)
-                allowed = {
-                    cid
-                    for cid, p in s.execute(select(Collection.id, Collection.path))
-                    if p == root.path or p.startswith(root.path + "/")
-                }
-                readable = [c for c in readable if c in allowed]
-            if not readable:
+            q = self._find_query(s, node, collection, limit)
+            if q is None:
                 return []
-            q = (
-                select(DataObject, Collection)
-                .join(Collection, Collection.id == DataObject.collection_id)
-                .where(DataObject.collection_id.in_(readable), to_sql(node, DataObject.id, AVU))
-                .order_by(Collection.path, DataObject.name)
+            return [
+                ObjectInfo(_object_path(path, name), path, name, sha, size, created)
+                for path, name, sha, size, created in s.execute(q)
+            ]
+
+    def _find_query(self, s: Session, node: Any, collection: str | None, limit: int | None) -> Any:
+        """The SELECT of :meth:`find`: (collection path, name, sha256, size, created) rows;
+        None when the caller can read no collection."""
+        levels = self._levels(s, self._me(s, required=False))
+        readable = [cid for cid, lv in levels.items() if lv >= READ]
+        if collection is not None:
+            root = self._collection(s, collection, levels, READ)
+            allowed = {
+                cid
+                for cid, p in s.execute(select(Collection.id, Collection.path))
+                if p == root.path or p.startswith(root.path + "/")
+            }
+            readable = [c for c in readable if c in allowed]
+        if not readable:
+            return None
+        # Plan: the most selective comparison every match must satisfy (counted with a capped
+        # index scan) "drives" (object_id IN its matches); every other comparison is probed
+        # per candidate (EXISTS).  With a limit and no selective comparison, nothing drives:
+        # the objects are walked in result order and the walk stops after `limit` hits.
+        sqlite = s.get_bind().dialect.name == "sqlite"
+        driver, count = self._driver(s, node, sqlite)
+        if limit is not None and count >= FIND_DENSE_ROWS:
+            driver = None
+        q = (
+            select(
+                Collection.path,
+                DataObject.name,
+                DataObject.sha256,
+                DataObject.size,
+                DataObject.created,
             )
-            if limit is not None:
-                q = q.limit(int(limit))
-            return [self._info(o, c) for o, c in s.execute(q)]
+            .join(Collection, Collection.id == DataObject.collection_id)
+            .where(
+                DataObject.collection_id.in_(readable),
+                to_sql(
+                    node,
+                    DataObject.id,
+                    AVU,
+                    correlated=driver is not None or limit is not None,
+                    driver=driver,
+                    prefix_ranges=sqlite,
+                ),
+            )
+            .order_by(Collection.path, DataObject.name)
+        )
+        if limit is not None:
+            q = q.limit(int(limit))
+        return q
+
+    @staticmethod
+    def _driver(s: Session, node: Any, prefix_ranges: bool) -> tuple[Any, int]:
+        """The comparison every match must satisfy that matches the fewest triples, and that
+        number (capped at ``FIND_DENSE_ROWS``); (None, 0) when there is none (e.g. an ``or``)."""
+        from neuroscale.catalog.query import condition, positive_comparisons
+
+        best, best_n = None, 0
+        for c in positive_comparisons(node):
+            where = [AVU.attribute == c.attribute, AVU.object_id.is_not(None)]
+            if c.op != "has":
+                where.append(condition(c, AVU, prefix_ranges))
+            capped = select(AVU.object_id).where(*where).limit(FIND_DENSE_ROWS).subquery()
+            n = s.scalar(select(func.count()).select_from(capped)) or 0
+            if best is None or n < best_n:
+                best, best_n = c, n
+            if n == 0:
+                break
+        return best, best_n
 
     # -- retrieval and removal ---------------------------------------------------------------
     def get(self, target: str, dest: str | Path) -> Path:
@@ -1619,8 +1962,9 @@ class Catalog:
         """Re-hash stored objects and report corrupted, missing and untracked ones (admins).
 
         A run records its progress (the last checksum checked, in SHA-256 order) after every
-        object, so a run interrupted by a crash or ``max_objects`` resumes where it stopped at
-        the next call with the same mode (unless ``restart``).
+        batch of up to 200 objects (one transaction per batch), so a run interrupted by a crash
+        or ``max_objects`` resumes where it stopped (at most one batch is checked again) at the
+        next call with the same mode (unless ``restart``).
 
         Parameters
         ----------
@@ -1683,6 +2027,7 @@ class Catalog:
                 batch = s.execute(q.order_by(Blob.sha256).limit(200)).all()
             if not batch:
                 break
+            checked: list[tuple[str, str]] = []
             for sha, size in batch:
                 if max_objects is not None and done_now >= max_objects:
                     complete = False
@@ -1692,31 +2037,13 @@ class Catalog:
                     status = "missing" if got is None else "ok" if got == (sha, size) else "corrupt"
                 except UnsafePathError:
                     status = "corrupt"
-                with self._sessions() as s, s.begin():
-                    blob = s.get(Blob, sha)
-                    if blob is not None and blob.state == "ok":
-                        blob.check_status, blob.checked_at, blob.check_run_id = (
-                            status, utcnow(), run_id,
-                        )  # fmt: skip
-                        counter = {"ok": "n_ok", "corrupt": "n_corrupt", "missing": "n_missing"}
-                        col = getattr(FixityRun, counter[status])
-                        s.execute(
-                            update(FixityRun)
-                            .where(FixityRun.id == run_id)
-                            .values({
-                                col: col + 1,
-                                FixityRun.n_checked: FixityRun.n_checked + 1,
-                                FixityRun.cursor: sha,
-                            })
-                        )  # fmt: skip
-                    else:
-                        s.execute(
-                            update(FixityRun).where(FixityRun.id == run_id).values(cursor=sha)
-                        )
-                cursor = sha
+                checked.append((sha, status))
                 done_now += 1
                 if progress is not None:
                     progress(done_now, sha, status)
+            if checked:
+                self._record_checks(run_id, checked)
+                cursor = checked[-1][0]
             if not complete:
                 break
         with self._sessions() as s, s.begin():
@@ -1750,6 +2077,47 @@ class Catalog:
             report.untracked = self._untracked()
             report.stale_temp = [e.key for e in self._stale_temp(grace)]
         return report
+
+    def _record_checks(self, run_id: int, checked: list[tuple[str, str]]) -> None:
+        """Record a batch of fixity results (sha256, status) and the run's cursor in one
+        transaction; blobs no longer ``ok`` (removed meanwhile) are not counted."""
+        now = utcnow()
+        with self._sessions() as s, s.begin():
+            still_ok = set(
+                s.scalars(
+                    select(Blob.sha256).where(
+                        Blob.sha256.in_([sha for sha, _ in checked]), Blob.state == "ok"
+                    )
+                )
+            )
+            rows = [
+                {"b_sha": sha, "b_status": status} for sha, status in checked if sha in still_ok
+            ]
+            if rows:
+                table = _table(Blob)
+                s.execute(
+                    update(table)
+                    .where(table.c.sha256 == bindparam("b_sha"), table.c.state == "ok")
+                    .values(
+                        check_status=bindparam("b_status"), checked_at=now, check_run_id=run_id
+                    ),
+                    rows,
+                )
+            counts = {"ok": 0, "corrupt": 0, "missing": 0}
+            for sha, status in checked:
+                if sha in still_ok:
+                    counts[status] += 1
+            s.execute(
+                update(FixityRun)
+                .where(FixityRun.id == run_id)
+                .values(
+                    n_ok=FixityRun.n_ok + counts["ok"],
+                    n_corrupt=FixityRun.n_corrupt + counts["corrupt"],
+                    n_missing=FixityRun.n_missing + counts["missing"],
+                    n_checked=FixityRun.n_checked + sum(counts.values()),
+                    cursor=checked[-1][0],
+                )
+            )
 
     def _untracked(self) -> list[str]:
         from neuroscale.catalog.store import stored_sha_from_key

@@ -242,7 +242,15 @@ def parse(text: str) -> Node:
     return _Parser(text).parse()
 
 
-def to_sql(node: Node, object_id: Any, avu_table: Any) -> Any:
+def to_sql(
+    node: Node,
+    object_id: Any,
+    avu_table: Any,
+    *,
+    correlated: bool = False,
+    driver: Comparison | None = None,
+    prefix_ranges: bool = False,
+) -> Any:
     """Translate a parsed expression into a SQLAlchemy boolean clause on ``object_id``.
 
     Parameters
@@ -253,21 +261,36 @@ def to_sql(node: Node, object_id: Any, avu_table: Any) -> Any:
         The data-object id the sub-queries correlate with (``DataObject.id``).
     avu_table : mapped class
         The AVU model (``neuroscale.catalog.models.AVU``).
+    correlated : bool
+        False (default): each comparison is ``object_id IN (uncorrelated sub-query)``, one
+        range scan of an ``(attribute, value[_num], object_id)`` index, best when a comparison
+        is selective.  True: each is ``EXISTS (sub-query correlated on object_id)``, one index
+        probe per candidate object, best when comparisons match many objects and only the
+        first rows in index order are wanted (``LIMIT``).
+    driver : Comparison, optional
+        With ``correlated``, this comparison (a node of ``node``, by identity) keeps the
+        ``IN`` form, so the database starts from its (few) matches and probes the others.
+    prefix_ranges : bool
+        Add to ``like`` patterns with a literal ASCII prefix an index range on the value
+        (:func:`like_range`); only for binary collations (SQLite's default).
 
     Returns
     -------
     SQLAlchemy ColumnElement[bool]
     """
-    from sqlalchemy import and_, not_, or_, select
-    from sqlalchemy.orm import aliased
+    from sqlalchemy import and_, exists, literal, not_, or_, select
 
-    def has(attribute: str, *conds: Any) -> Any:
-        # an uncorrelated "id IN (object ids whose triple matches)": the sub-query is one range
-        # scan of an (attribute, value[_num], object_id) index, whatever the number of objects
-        a = aliased(avu_table)
-        where = [a.attribute == attribute, a.object_id.is_not(None)]
-        where.extend(c(a) for c in conds)
-        return object_id.in_(select(a.object_id).where(*where))
+    table = getattr(avu_table, "__table__", avu_table)
+
+    def has(c: Comparison | None, attribute: str) -> Any:
+        a = table.alias()  # a Core alias: much cheaper to build than an ORM one
+        where = [a.c.attribute == attribute]
+        if c is not None:
+            where.append(condition(c, a.c, prefix_ranges))
+        if correlated and (c is None or c is not driver):
+            return exists(select(literal(1)).where(a.c.object_id == object_id, *where))
+        where.append(a.c.object_id.is_not(None))
+        return object_id.in_(select(a.c.object_id).where(*where))
 
     def build(n: Node) -> Any:
         if isinstance(n, BoolOp):
@@ -275,26 +298,62 @@ def to_sql(node: Node, object_id: Any, avu_table: Any) -> Any:
             return and_(*parts) if n.op == "and" else or_(*parts)
         if isinstance(n, Not):
             return not_(build(n.operand))
-        attr, op, value = n.attribute, n.op, n.value
-        if op == "has":
-            return has(attr)
-        if op == "like":
-            return has(attr, lambda a: a.value.ilike(value))
-        numeric = isinstance(value, float)
-
-        def col(a: Any) -> Any:
-            return a.value_num if numeric else a.value
-
-        if op == "=":
-            return has(attr, lambda a: col(a) == value)
-        if op == "!=":
-            return and_(has(attr), not_(has(attr, lambda a: col(a) == value)))
-        ops = {
-            "<": lambda c: c < value,
-            "<=": lambda c: c <= value,
-            ">": lambda c: c > value,
-            ">=": lambda c: c >= value,
-        }
-        return has(attr, lambda a: ops[op](col(a)))
+        if n.op == "has":
+            return has(None, n.attribute)
+        if n.op == "!=":
+            eq = Comparison(n.attribute, "=", n.value)
+            return and_(has(None, n.attribute), not_(has(eq, n.attribute)))
+        return has(n, n.attribute)
 
     return build(node)
+
+
+def condition(c: Comparison, a: Any, prefix_ranges: bool = False) -> Any:
+    """The value condition of comparison ``c`` on ``a`` (an AVU model, alias or column
+    collection with ``value`` and ``value_num``); the attribute is not included and ``c.op``
+    is neither ``has`` nor ``!=``."""
+    from sqlalchemy import and_
+
+    value = c.value
+    if c.op == "like":
+        assert isinstance(value, str)
+        bounds = like_range(value) if prefix_ranges else None
+        if bounds is None:
+            return a.value.ilike(value)
+        return and_(a.value >= bounds[0], a.value <= bounds[1], a.value.ilike(value))
+    column = a.value_num if isinstance(value, float) else a.value
+    ops = {
+        "=": lambda col: col == value,
+        "<": lambda col: col < value,
+        "<=": lambda col: col <= value,
+        ">": lambda col: col > value,
+        ">=": lambda col: col >= value,
+    }
+    return ops[c.op](column)
+
+
+def like_range(pattern: str) -> tuple[str, str] | None:
+    """A (low, high) range of binary-collated text holding every value that ``pattern``
+    matches case-insensitively (ASCII case folding, as SQLite's LIKE), or None when the
+    pattern has no literal ASCII prefix.
+
+    Every case variant ``v`` of an ASCII prefix ``P`` satisfies ``upper(P) <= v <= lower(P)``
+    character by character (upper-case letters sort before lower-case ones), so every value
+    starting with ``v`` lies in ``[upper(P), lower(P) + U+10FFFF]``.
+    """
+    prefix = []
+    for ch in pattern:
+        if ch in "%_\\" or not ch.isascii():
+            break
+        prefix.append(ch)
+    if not prefix:
+        return None
+    text = "".join(prefix)
+    return text.upper(), text.lower() + "\U0010ffff"
+
+
+def positive_comparisons(node: Node) -> list[Comparison]:
+    """Comparisons every match must satisfy (the top-level ``and`` operands that are plain
+    comparisons other than ``!=``), used to estimate how selective a query is."""
+    operands = node.operands if isinstance(node, BoolOp) and node.op == "and" else (node,)
+    return [o for o in operands if isinstance(o, Comparison) and o.op != "!="]
