@@ -79,7 +79,7 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, t_r: float | N
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_qform(affine, code=1)
-    img.header.set_sform(affine, code=4 if affine is MNI_RES2_AFFINE else 1)
+    img.header.set_sform(affine, code=1 if affine is RAW_AFFINE else 4)
     if t_r is not None and data.ndim == 4:
         zooms = list(img.header.get_zooms()[:3]) + [float(t_r)]
         img.header.set_zooms(zooms)
@@ -117,6 +117,7 @@ def make_fmriprep_dataset(
     shape: Sequence[int] = (10, 12, 9),
     shared_data: Path | None = None,
     extra_spaces: bool = False,
+    preproc_affine: np.ndarray | None = None,
 ) -> tuple[Path, Path]:
     """Copy ds001 and ds000001-fmriprep into ``tmp_path`` and fill the files a run needs.
 
@@ -139,6 +140,9 @@ def make_fmriprep_dataset(
     extra_spaces : bool
         Also write ``space-T1w`` and ``space-MNI152NLin6Asym`` preproc BOLD + mask files (to
         test the space preference; the latter also with ``res-2``).
+    preproc_affine : (4, 4) ndarray, optional
+        Affine of fMRIPrep's MNI-space images (default ``MNI_RES2_AFFINE``: the small grid then
+        lies in a corner of MNI space; give a centred one to parcellate with an MNI atlas).
 
     Returns
     -------
@@ -155,6 +159,7 @@ def make_fmriprep_dataset(
     _copy_writable(prep_src, prep_dir, subjects)
     shape3 = tuple(int(n) for n in shape)
     mask = _ellipsoid(shape3)
+    mni = MNI_RES2_AFFINE if preproc_affine is None else np.asarray(preproc_affine, float)
     for i, sub in enumerate(subjects):
         for run in runs:
             seed = 1000 * i + run
@@ -168,11 +173,11 @@ def make_fmriprep_dataset(
             for sp in spaces:
                 bold = synthetic_bold(shape3, n_volumes, seed + 500)
                 write_nifti(func / f"{stem}_{sp}_desc-preproc_bold.nii.gz", bold,
-                            MNI_RES2_AFFINE, t_r=2.0)
+                            mni, t_r=2.0)
                 write_nifti(func / f"{stem}_{sp}_desc-brain_mask.nii.gz",
-                            mask.astype(np.uint8), MNI_RES2_AFFINE)
+                            mask.astype(np.uint8), mni)
                 write_nifti(func / f"{stem}_{sp}_boldref.nii.gz",
-                            bold.mean(axis=3).astype(np.float32), MNI_RES2_AFFINE)
+                            bold.mean(axis=3).astype(np.float32), mni)
             conf = resized_confounds(conf_src, n_volumes)
             conf.to_csv(func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False,
                         na_rep="n/a")

@@ -323,7 +323,7 @@ def test_failed_runs_do_not_stop_the_others(monkeypatch: pytest.MonkeyPatch,
     assert isinstance(err, ComputeError) and isinstance(err, NeuroscaleError)
     text = str(err)
     assert "\n" not in text
-    assert "sub-01_task-rest_bold.nii.gz" in text and "sub-01: phase A: QC, ALFF, denoising" \
+    assert "sub-01_task-rest_bold.nii.gz" in text and "sub-01: phase B: ALFF, denoising" \
         in text and "KilledWorker" in text
     assert by_sub["02"].error is None
     assert (tmp_path / "out" / "sub-02" / "func" / "sub-02_task-rest_stat-reho_boldmap.nii.gz"

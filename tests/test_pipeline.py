@@ -70,10 +70,57 @@ def test_every_output_is_produced(participant_run: tuple[Path, Path, int]) -> No
         values = np.asarray(img.dataobj)[mask]
         assert np.isfinite(values).all() and values.std() > 0, stat
     ts = pd.read_csv(func / f"{PREFIX}_atlas-aal_stat-mean_timeseries.tsv", sep="\t")
-    assert ts.shape[0] == 156
+    qc = json.loads((func / f"{PREFIX}_desc-qc_bold.json").read_text())
+    assert ts.shape[0] == qc["n_volumes_kept"] <= 156
     rel = pd.read_csv(func / f"{PREFIX}_atlas-aal_stat-pearsoncorrelation_relmat.tsv", sep="\t",
                       index_col="Node")
     assert rel.shape[0] == rel.shape[1] == ts.shape[1]
+
+
+MOTION_COLUMNS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+
+
+@pytest.mark.slow
+def test_preprocessing_outputs(participant_run: tuple[Path, Path, int]) -> None:
+    """Raw input is realigned, the T1w registered to MNI, the atlas brought to native space,
+    confounds built with fMRIPrep's names; the checks and figures are in QC JSON and report."""
+    out, _, code = participant_run
+    assert code == 0
+    func = out / "sub-02" / "func"
+    anat = out / "sub-02" / "anat"
+    motion = pd.read_csv(func / f"{PREFIX}_desc-motion_timeseries.tsv", sep="\t",
+                         na_values="n/a")
+    assert list(motion.columns[:6]) == MOTION_COLUMNS and len(motion) == 156
+    assert np.abs(motion[MOTION_COLUMNS[:3]].to_numpy()).max() < 10  # mm, a cooperative subject
+    assert np.abs(motion[MOTION_COLUMNS[3:]].to_numpy()).max() < 0.2  # rad
+    conf = pd.read_csv(func / f"{PREFIX}_desc-confounds_timeseries.tsv", sep="\t",
+                       na_values="n/a")
+    for col in ("global_signal", "csf", "white_matter", "framewise_displacement",
+                "trans_x_derivative1_power2", "w_comp_cor_04", "c_comp_cor_04"):
+        assert col in conf.columns, col
+    assert len(conf) == 156
+    from neuroscale.analysis.confounds import load_confounds
+
+    regressors, names = load_confounds(func / f"{PREFIX}_desc-confounds_timeseries.tsv", "36P")
+    assert regressors.shape == (156, 36) and np.isfinite(regressors).all()
+    qc = json.loads((func / f"{PREFIX}_desc-qc_bold.json").read_text())
+    fd = motion["framewise_displacement"].fillna(0).to_numpy()
+    assert qc["fd_mean"] == pytest.approx(fd[1:].mean(), rel=1e-4)
+    assert qc["n_volumes_kept"] == int((fd <= 0.5).sum())
+    assert len(qc["traces"]["framewise_displacement"]) == 156
+    assert qc["t1w_to_template_dice"] >= 0.9
+    # AAL labels grey matter only (0.74 of the template's brain mask): >= 90 % of the GM in
+    # the EPI mask, and the whole EPI mask up to that ceiling
+    assert qc["atlas_aal_gm_coverage"] >= 0.9
+    assert qc["atlas_aal_mask_coverage"] >= 0.74 - 0.05
+    for name in ("sub-02_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5",
+                 "sub-02_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5",
+                 "sub-02_desc-brain_mask.nii.gz", "sub-02_dseg.nii.gz"):
+        assert (anat / name).is_file(), name
+    assert (func / f"{PREFIX}_from-boldref_to-T1w_mode-image_xfm.txt").is_file()
+    html = (out / "sub-02.html").read_text()
+    assert "Registration" in html and "FD (mm)" in html
+    assert "T1w" in html and "MNI152NLin2009cAsym" in html
 
 
 @pytest.mark.slow
@@ -87,7 +134,11 @@ def test_rerun_skips_and_changed_parameter_recomputes_only_what_it_touches(
     config = ParticipantConfig(atlases=[ATLAS], seeds=[(0, -66, 3, 8)], work_dir=work,
                                progress=False, report=False)
     runs = find_bold_runs(EXAMPLE)
+    xfm = out / "sub-02" / "anat" / "sub-02_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5"
+    mtime = xfm.stat().st_mtime_ns
     again = run_participant(EXAMPLE, out, config)
+    assert xfm.stat().st_mtime_ns == mtime  # the registration is reused
+    assert "motion" in again[0].skipped
     assert again[0].error is None
     assert again[0].computed == [], again[0].computed
     assert len(runs) == 1
@@ -105,6 +156,27 @@ def test_group_level(participant_run: tuple[Path, Path, int]) -> None:
     assert any(c.endswith("_outlier") for c in table.columns)
     assert (out / "group.html").is_file()
     assert list(out.glob("group_atlas-aal_*relmat.tsv"))
+
+
+@pytest.mark.slow
+def test_without_t1w_falls_back_to_epi_only(tmp_path: Path) -> None:
+    """No T1w: motion correction still runs, the MNI atlas is not used and the tissue
+    confounds fall back, each with a clear warning in the outcome and the report."""
+    from neuroscale.pipelines.participant import ParticipantConfig, run_participant
+
+    ds = _copy_example(tmp_path)
+    shutil.rmtree(ds / "sub-02" / "anat")
+    config = ParticipantConfig(atlases=[ATLAS], work_dir=tmp_path / "work", progress=False,
+                               centrality=False)
+    outcome = run_participant(ds, tmp_path / "out", config)[0]
+    assert outcome.error is None, outcome.error
+    text = " ".join(outcome.warnings)
+    assert "no T1w" in text and "aal.nii.gz not used" in text and "36P" in text
+    func = tmp_path / "out" / "sub-02" / "func"
+    assert (func / f"{PREFIX}_desc-motion_timeseries.tsv").is_file()
+    assert not list(func.glob("*atlas-aal*"))
+    assert outcome.outputs["reho"].is_file()
+    assert "no T1w" in (tmp_path / "out" / "sub-02.html").read_text()
 
 
 def test_not_a_bids_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

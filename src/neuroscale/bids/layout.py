@@ -573,7 +573,7 @@ def find_t1w(bids_dir: str | Path, subject: str, session: str | None = None) -> 
     """
     sub_dir = Path(bids_dir) / f"sub-{subject}"
     candidates: list[tuple[int, int, str, Path]] = []
-    dirs = [(None, sub_dir / "anat")]
+    dirs: list[tuple[str | None, Path]] = [(None, sub_dir / "anat")]
     if sub_dir.is_dir():
         dirs += [(d.name[4:], d / "anat") for d in sorted(sub_dir.iterdir())
                  if d.name.startswith("ses-") and d.is_dir()]

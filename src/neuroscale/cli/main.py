@@ -57,14 +57,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="JSON filter as fMRIPrep's, e.g. {\"bold\": {\"task\": \"oneback\"}}")
     ana = parser.add_argument_group("analysis")
     ana.add_argument("--atlas", type=Path, action="append", default=[], metavar="PATH",
-                     help="label image in the BOLD's world space (repeatable)")
+                     help="MNI152NLin2009cAsym-space label image (repeatable), brought into each "
+                     "run's native space through the T1w registration; label names from a "
+                     "table beside it (.txt/.csv/.tsv/.lut). With --no-registration: a label "
+                     "image in the BOLD's world space")
     ana.add_argument("--seed", type=_seed, action="append", default=[], metavar="X,Y,Z,RADIUS_MM",
                      help="seed sphere in world coordinates, mm (repeatable)")
     ana.add_argument("--mask", type=Path, metavar="PATH",
                      help="brain mask on the BOLD grid (default: computed from the mean EPI)")
     ana.add_argument("--nuisance-strategy", default="36P",
-                     help="confound strategy applied when an fMRIPrep confounds TSV is beside "
-                     "the BOLD: 36P (default), 27P, 24P, acompcor, acompcor_gsr, none")
+                     help="confound regression (XCP-D's names): 36P (default), 27P, 24P, "
+                     "acompcor, acompcor_gsr, gsr_only, none, or a custom strategy YAML file")
+    ana.add_argument("--fd-threshold", type=float, default=0.5, metavar="MM",
+                     help="censor volumes with framewise displacement above MM before "
+                     "connectivity, as XCP-D (default 0.5; 0 disables)")
+    pre = parser.add_argument_group("preprocessing")
+    pre.add_argument("--derivatives", action="append", default=[], metavar="fmriprep=PATH",
+                     help="use fMRIPrep's preprocessed BOLD, brain mask and confounds from PATH "
+                     "instead of preprocessing the raw runs")
+    pre.add_argument("--no-motion-correction", action="store_true",
+                     help="do not realign the raw runs (no motion parameters, no FD)")
+    pre.add_argument("--no-registration", action="store_true",
+                     help="no T1w processing and no registration to MNI (EPI-only)")
+    pre.add_argument("--template", type=Path, metavar="PATH",
+                     help="MNI152NLin2009cAsym brain template (default: shipped with neuroscale)")
     ana.add_argument("--high-pass", type=_optional_float, default=0.01, metavar="HZ",
                      help="high-pass cut-off in Hz (default 0.01; 'none' to disable)")
     ana.add_argument("--low-pass", type=_optional_float, default=0.1, metavar="HZ",
@@ -127,6 +143,11 @@ def _run_app(args: argparse.Namespace) -> int:
 
     from neuroscale.pipelines.participant import ParticipantConfig, run_participant
 
+    derivatives: dict[str, Path] = {}
+    if args.derivatives:
+        from neuroscale.bids.fmriprep import parse_derivatives_arg
+
+        derivatives = parse_derivatives_arg(args.derivatives)
     filters = None
     if args.bids_filter_file is not None:
         from neuroscale.bids.layout import load_bids_filter_file
@@ -146,6 +167,11 @@ def _run_app(args: argparse.Namespace) -> int:
         report=not args.no_report,
         progress=not args.no_progress,
         max_concurrent_subjects=args.max_concurrent_subjects,
+        motion_correction=not args.no_motion_correction,
+        registration=not args.no_registration,
+        template=args.template.resolve() if args.template else None,
+        fd_threshold=args.fd_threshold if args.fd_threshold > 0 else None,
+        derivatives=derivatives,
     )
     from neuroscale.bids.layout import find_bold_runs
 

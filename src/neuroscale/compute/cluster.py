@@ -326,7 +326,10 @@ def _local_client(
 
     # glibc keeps freed chunk buffers mapped in per-thread arenas: two arenas bound the RSS a
     # worker keeps after its tasks (Dask's nanny already sets MALLOC_TRIM_THRESHOLD_)
+    # ITK (ANTs) reads its thread count once per process; one per worker thread keeps
+    # registrations from oversubscribing the cores and makes them reproducible across workers
     environ = {"MALLOC_ARENA_MAX": "2",
+               "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(max(1, threads_per_worker)),
                **dask.config.get("distributed.nanny.pre-spawn-environ", {})}
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):

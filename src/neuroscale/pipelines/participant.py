@@ -33,6 +33,15 @@ import numpy as np
 
 from neuroscale import __version__
 from neuroscale.errors import AnalysisError, ConfigurationError, NeuroscaleError
+from neuroscale.pipelines.preprocessing import (
+    AnatomicalContext,
+    prepare_anatomy,
+    register_run,
+    resolve_atlases,
+)
+from neuroscale.pipelines.preprocessing import _atlas_mask_coverage as _atlas_mask_coverage
+from neuroscale.pipelines.preprocessing import fd_from_confounds as _fd_from_confounds
+from neuroscale.pipelines.preprocessing import select_confounds as _select_confounds
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +69,10 @@ class ParticipantConfig:
     filter : str
         ``"butterworth"`` or ``"cosine"`` (nilearn ``signal.clean``).
     nuisance_strategy : str
-        Confound strategy applied when an fMRIPrep confounds TSV sits beside the BOLD
-        (``"36P"``, ``"24P"``, ``"none"``, ...; see :mod:`neuroscale.analysis.confounds`).
+        Confound strategy (``"36P"``, ``"24P"``, ``"acompcor"``, ``"none"``, ..., or an
+        XCP-D-style YAML file; see :mod:`neuroscale.analysis.confounds`), applied to the
+        confounds neuroscale builds from motion correction and the tissue masks, or to
+        fMRIPrep's confounds TSV when there is one.
     alff_band : tuple of float
         ALFF/fALFF band in Hz.
     dc_threshold : float
@@ -87,6 +98,21 @@ class ParticipantConfig:
         Write the HTML report.
     max_concurrent_subjects : int or None
         Participants processed at once on the cluster (see :func:`subject_concurrency`).
+    motion_correction : bool
+        Realign raw runs (ANTsPy rigid, :mod:`neuroscale.preproc.motion`); the realigned run
+        is the working copy downstream and its parameters build the confounds.
+    registration : bool
+        Process the participant's T1w (brain mask, GM/WM/CSF, SyN to MNI152NLin2009cAsym)
+        and register each boldref to it; ``--atlas`` files are then MNI-space atlases brought
+        into each run's native space.  False: atlases share the BOLD's world space.
+    template : Path or None
+        The MNI152NLin2009cAsym brain template (default: the one shipped with neuroscale).
+    fd_threshold : float or None
+        Censor volumes whose framewise displacement exceeds this (mm) before connectivity,
+        as XCP-D does (interpolate, filter, regress, censor); None or 0: no censoring.
+    derivatives : dict of str to Path
+        ``{"fmriprep": PATH}``: use fMRIPrep's preprocessed BOLD, brain mask and confounds
+        instead of the raw runs.
     """
 
     high_pass: float | None = 0.01
@@ -108,6 +134,11 @@ class ParticipantConfig:
     progress: bool = True
     carpet_rows: int = 1200
     max_concurrent_subjects: int | None = None
+    motion_correction: bool = True
+    registration: bool = True
+    template: Path | None = None
+    fd_threshold: float | None = 0.5
+    derivatives: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +159,10 @@ class RunOutcome:
     affine: np.ndarray | None = None
     t_r: float | None = None
     carpet_path: Path | None = None
+    #: framewise displacement (mm) per volume, and the boldref -> T1w registration
+    fd: np.ndarray | None = None
+    registration: Any = None
+    anat: Any = None
 
 
 def _now() -> datetime:
@@ -138,8 +173,10 @@ class _RunContext:
     """Bookkeeping of one run: output paths, provenance hashes, skip decisions."""
 
     def __init__(self, run: Any, out_dir: Path, sources: list[tuple[Path, str | None, str]],
-                 catalog: Any = None, collection: str = "neuroscale") -> None:
+                 catalog: Any = None, collection: str = "neuroscale",
+                 space: str | None = None) -> None:
         self.run = run
+        self.space = space
         self.out_dir = out_dir
         self.sources = sources
         self.outcome = RunOutcome(run=run)
@@ -151,6 +188,8 @@ class _RunContext:
     def path(self, **kwargs: Any) -> Path:
         from neuroscale.bids.derivatives import derivative_path
 
+        if self.space and "space" not in kwargs:
+            kwargs["space"] = self.space
         return derivative_path(self.out_dir, self.run.entities, **kwargs)
 
     def hash(self, params: dict[str, Any], extra_sources: list[str] | None = None) -> str:
@@ -204,6 +243,7 @@ def process_bold_run(
     out_dir: Path,
     config: ParticipantConfig,
     client: Any = None,
+    anat: Any = None,
 ) -> RunOutcome:
     """Analyse one BOLD run; see the module docstring for the steps.
 
@@ -217,6 +257,9 @@ def process_bold_run(
         Parameters.
     client : distributed.Client or None
         Where to compute (None: Dask's local threaded scheduler).
+    anat : AnatomicalContext or None
+        The participant's anatomical processing (:func:`prepare_anatomy`): the T1w
+        segmentation and its registration to the template, or why there is none.
 
     Returns
     -------
@@ -231,16 +274,23 @@ def process_bold_run(
 
     from neuroscale.analysis import alff as alff_mod
     from neuroscale.analysis import centrality, denoise, qc, reho, seed
-    from neuroscale.analysis.confounds import find_confounds_file, load_confounds
+    from neuroscale.analysis.confounds import find_confounds_file
     from neuroscale.analysis.mask import compute_brain_mask, load_mask
-    from neuroscale.analysis.parcellate import atlas_name_from_path
     from neuroscale.image import Series, open_image, values_to_volume
     from neuroscale.io.nifti import read_nifti_info, save_nifti
     from neuroscale.io.zarr_cache import ingest_nifti
 
     work = Path(config.work_dir or out_dir / "work").resolve()
     cache_root = work / "zarr"
-    bold = Path(run.path)
+    anat = anat if anat is not None else AnatomicalContext()
+
+    # -- 0. fMRIPrep derivatives instead of the raw run? ----------------------------------------
+    fmriprep = None
+    if "fmriprep" in config.derivatives:
+        from neuroscale.bids.fmriprep import find_fmriprep_bold
+
+        fmriprep = find_fmriprep_bold(Path(config.derivatives["fmriprep"]), run)
+    bold = Path(fmriprep.preproc_bold if fmriprep is not None else run.path)
     t_r_sidecar = run.t_r
 
     # -- 1. validate + ingest (one streaming pass, on a worker) ------------------------------
@@ -259,58 +309,121 @@ def process_bold_run(
         client.submit(ingest_nifti, bold, cache_root, info=info, pure=False).result()
     image = open_image(bold, cache_dir=cache_root, t_r=t_r)
     bold_sha = image.meta["sha256"]
-    sources: list[tuple[Path, str | None, str]] = [(bold, str(run.relpath), bold_sha)]
+    rel = (str(run.relpath) if fmriprep is None
+           else f"fmriprep:{Path(bold).name}")
+    sources: list[tuple[Path, str | None, str]] = [(bold, rel, bold_sha)]
     catalog = None
     if config.catalog:
         from neuroscale.catalog import Catalog
 
         catalog = Catalog(config.catalog)
-    ctx = _RunContext(run, out_dir, sources, catalog, config.catalog_collection)
+    space = fmriprep.space if fmriprep is not None else None
+    ctx = _RunContext(run, out_dir, sources, catalog, config.catalog_collection,
+                      space=space)
     outcome = ctx.outcome
-    prefix = bold.name.split("_bold")[0]
+    outcome.warnings.extend(anat.warnings)
+    prefix = Path(run.path).name.split("_bold")[0]
     run_work = work / "runs" / prefix
     run_work.mkdir(parents=True, exist_ok=True)
+    base_params: dict[str, Any] = {}
+    if fmriprep is not None:
+        base_params["input"] = f"fMRIPrep {fmriprep.space or 'native'} space"
 
-    # -- confounds -----------------------------------------------------------------------------
-    confounds = None
-    confound_names: list[str] = []
-    confound_sources: list[tuple[Path, str | None, str]] = []
-    strategy = config.nuisance_strategy
-    conf_path = find_confounds_file(bold)
-    if conf_path is not None and strategy.lower() != "none":
-        confounds, confound_names = load_confounds(conf_path, strategy=strategy)
-        if confounds.shape[0] != image.n_volumes:
-            raise AnalysisError(
-                f"confounds have {confounds.shape[0]} rows but the BOLD has {image.n_volumes} "
-                "volumes", conf_path)
-        confound_sources = [(conf_path, None, _sha256(conf_path))]
-    elif strategy.lower() != "none":
-        outcome.warnings.append(
-            f"no fMRIPrep confounds file beside {bold.name}: nuisance strategy {strategy} not "
-            "applied (detrending and band-pass only)")
-        strategy = "none"
-    conf_shas = [s[2] for s in confound_sources]
+    # -- 1b. head-motion correction (raw input) ---------------------------------------------
+    motion_params: np.ndarray | None = None
+    fd: np.ndarray | None = None
+    n_dummy = 0
+    if fmriprep is None and config.motion_correction:
+        from neuroscale.pipelines.preprocessing import motion_correction
+
+        def compute(lazy: dict[str, Any], label: str, step: str) -> dict[str, Any]:
+            return _compute_phase(client, lazy, label=label, step=step, run=run,
+                                  progress=config.progress)
+
+        image, motion_params, n_dummy, hmc_params = motion_correction(
+            image, ctx, run_work, client, config, prefix, compute)
+        base_params["head_motion_correction"] = hmc_params
+        from neuroscale.preproc.motion import framewise_displacement
+
+        fd = framewise_displacement(motion_params)
 
     # -- 2. mask -------------------------------------------------------------------------------
-    mask_params: dict[str, Any] = {"mask": "nilearn.masking.compute_epi_mask (defaults)"}
     mask_sources: list[tuple[Path, str | None, str]] = []
-    if config.mask is not None:
-        mask = load_mask(config.mask, image)
-        mask_sources = [(Path(config.mask), None, _sha256(Path(config.mask)))]
-        mask_params = {"mask": str(config.mask), "mask_sha256": mask_sources[0][2]}
+    mask_file = Path(config.mask) if config.mask is not None else (
+        Path(fmriprep.brain_mask) if fmriprep is not None else None)
+    if mask_file is not None:
+        mask = load_mask(mask_file, image)
+        mask_sources = [(mask_file, None, _sha256(mask_file))]
+        mask_params = {"mask": str(mask_file), "mask_sha256": mask_sources[0][2]}
     else:
         mask = compute_brain_mask(image)
+        mask_params = {"mask": "nilearn.masking.compute_epi_mask (defaults)"}
+    base_params.update(mask_params)
     mask_path = ctx.path(desc="brain", suffix="mask", extension=".nii.gz")
-    mask_hash = ctx.hash(mask_params, [s[2] for s in mask_sources])
+    mask_hash = ctx.hash(base_params, [s[2] for s in mask_sources])
     if ctx.up_to_date(mask_path, mask_hash):
         outcome.skipped.append("mask")
         outcome.outputs["mask"] = mask_path
     else:
         save_nifti(mask.astype(np.uint8), image.affine, mask_path, header=info.header,
                    dtype=np.uint8)
-        ctx.record("mask", mask_path, mask_params, mask_sources)
+        ctx.record("mask", mask_path, base_params, mask_sources)
+    mean_volume = np.asarray(image.mean().compute_volume(), dtype=np.float32)
+
+    # -- 2b. boldref -> T1w, tissue masks and atlases in the BOLD's native space --------------
+    registration = None
+    tissue: dict[str, np.ndarray] = {}
+    reg_shas: list[str] = []
+    if fmriprep is None and anat.result is not None:
+        registration, tissue, reg_shas = register_run(
+            anat, mean_volume, mask, image, ctx, client)
+        base_params["registration"] = {"boldref_to_T1w": reg_shas[0],
+                                       "T1w_to_template": anat.sha256}
+        outcome.registration = registration
+    gm = tissue.get("GM")
+    atlases = resolve_atlases(config, anat, registration, fmriprep, image, mask, outcome, gm)
     raw = image.to_series(mask)
-    base_params = {**mask_params}
+
+    # -- confounds -----------------------------------------------------------------------------
+    strategy = config.nuisance_strategy
+    conf_path = (Path(fmriprep.confounds) if fmriprep is not None and fmriprep.confounds
+                 else find_confounds_file(Path(run.path)))
+    build_confounds = (conf_path is None and motion_params is not None
+                       and strategy.lower() != "none")
+    confound_sources: list[tuple[Path, str | None, str]] = []
+    conf_key: list[str] = []
+    if conf_path is not None and strategy.lower() != "none":
+        confound_sources = [(conf_path, None, _sha256(conf_path))]
+        conf_key = [confound_sources[0][2]]
+        if fd is None:
+            fd = _fd_from_confounds(conf_path, image.n_volumes)
+    elif build_confounds:
+        conf_key = [provenance_key({"confounds": "built", "tissue": sorted(tissue),
+                                    "registration": reg_shas})]
+    elif strategy.lower() != "none":
+        outcome.warnings.append(
+            f"no confounds for {Path(run.path).name} (no fMRIPrep confounds file and no motion "
+            f"correction): nuisance strategy {strategy} not applied (detrending and band-pass "
+            "only)")
+        strategy = "none"
+
+    # -- censoring (scrubbing) ---------------------------------------------------------------
+    sample_mask = None
+    fd_threshold = config.fd_threshold if config.fd_threshold else None
+    n_kept = image.n_volumes
+    if fd is not None and fd_threshold is not None:
+        from neuroscale.analysis.denoise import censoring_mask
+
+        keep = censoring_mask(fd, threshold_mm=fd_threshold, n_dummy=0)
+        n_kept = int(keep.sum())
+        if n_kept < image.n_volumes:
+            sample_mask = keep
+    fd_facts: dict[str, Any] = {}
+    if fd is not None:
+        fd_facts = {"fd_mean": float(np.mean(fd[1:])) if fd.size > 1 else 0.0,
+                    "fd_max": float(np.max(fd)), "fd_threshold_mm": fd_threshold,
+                    "n_volumes_censored": int(image.n_volumes - n_kept),
+                    "n_volumes_kept": int(n_kept)}
 
     den_params = {
         **base_params,
@@ -321,24 +434,31 @@ def process_bold_run(
         "filter": config.filter,
         "t_r_s": t_r,
         "nuisance_strategy": strategy,
-        "confounds": confound_names,
+        "fd_threshold_mm": fd_threshold,
+        "n_volumes_censored": int(image.n_volumes - n_kept),
     }
     alff_params = {**base_params, "detrend": config.detrend, "nuisance_strategy": strategy,
-                   "confounds": confound_names, "band_hz": list(config.alff_band), "t_r_s": t_r}
+                   "band_hz": list(config.alff_band), "t_r_s": t_r}
+    mask_shas = [s[2] for s in mask_sources]
 
     # -- plan outputs ----------------------------------------------------------------------------
     def plan(name: str, path: Path, params: dict[str, Any], extra: list[str] | None = None
              ) -> tuple[str, Path, dict[str, Any], str, bool]:
-        digest = ctx.hash(params, (extra or []) + conf_shas + [s[2] for s in mask_sources])
+        digest = ctx.hash(params, (extra or []) + conf_key + mask_shas)
         fresh = ctx.up_to_date(path, digest)
         if fresh:
             outcome.skipped.append(name)
             outcome.outputs[name] = path
         return name, path, params, digest, not fresh
 
-    qc_plan = plan("qc", ctx.path(desc="qc", suffix="bold", extension=".json"), base_params)
+    qc_plan = plan("qc", ctx.path(desc="qc", suffix="bold", extension=".json"),
+                   {**base_params, "fd_threshold_mm": fd_threshold})
     tsnr_plan = plan("tsnr", ctx.path(stat="tsnr", suffix="boldmap", extension=".nii.gz"),
                      base_params)
+    conf_plan = plan("confounds", ctx.path(desc="confounds", suffix="timeseries",
+                                           extension=".tsv"), base_params)
+    if not build_confounds:
+        conf_plan = (*conf_plan[:4], False)
     alff_plan = plan("alff", ctx.path(stat="alff", suffix="boldmap", extension=".nii.gz"),
                      alff_params)
     falff_plan = plan("falff", ctx.path(stat="falff", suffix="boldmap", extension=".nii.gz"),
@@ -352,12 +472,10 @@ def process_bold_run(
         dcb_plan, dcw_plan = (*dcb_plan[:4], False), (*dcw_plan[:4], False)
 
     atlas_plans = []
-    for atlas_path in config.atlases:
-        atlas_path = Path(atlas_path)
-        name = atlas_name_from_path(atlas_path)
-        a_sha = _sha256(atlas_path)
-        a_params = {**den_params, "atlas": str(atlas_path), "atlas_sha256": a_sha,
-                    "resampling": "nearest"}
+    for atlas, a_sha, a_extra in atlases:
+        name = atlas.name
+        a_params = {**den_params, "atlas": str(atlas.path), "atlas_sha256": a_sha,
+                    "resampling": a_extra}
         files = {
             "timeseries": ctx.path(atlas=name, stat="mean", suffix="timeseries", extension=".tsv"),
             "pearson": ctx.path(atlas=name, stat="pearsoncorrelation", suffix="relmat",
@@ -366,13 +484,13 @@ def process_bold_run(
                                 extension=".tsv"),
             "coverage": ctx.path(atlas=name, stat="coverage", suffix="bold", extension=".tsv"),
         }
-        digest = ctx.hash(a_params, [a_sha] + conf_shas)
+        digest = ctx.hash(a_params, [a_sha] + conf_key + mask_shas)
         fresh = all(ctx.up_to_date(p, digest) for p in files.values())
         if fresh:
             outcome.skipped.append(f"atlas-{name}")
             for key, p in files.items():
                 outcome.outputs[f"atlas-{name}-{key}"] = p
-        atlas_plans.append((name, atlas_path, a_sha, a_params, files, not fresh))
+        atlas_plans.append((name, atlas, a_sha, a_params, files, not fresh))
 
     seed_plans = []
     for i, (sx, sy, sz, sr) in enumerate(config.seeds, start=1):
@@ -383,54 +501,92 @@ def process_bold_run(
                                s_params))
 
     carpet_path = run_work / "carpet.npy"
-    need_phase_b = any(p[4] for p in (reho_plan, dcb_plan, dcw_plan, *seed_plans)) or any(
+    need_phase_c = any(p[4] for p in (reho_plan, dcb_plan, dcw_plan, *seed_plans)) or any(
         a[5] for a in atlas_plans)
     need_qc = qc_plan[4] or tsnr_plan[4] or not carpet_path.exists()
-
-    # -- 3. phase A: one graph over the raw series ---------------------------------------------
     den_store = run_work / "denoised.zarr"
-    den_hash = ctx.hash(den_params, conf_shas + [s[2] for s in mask_sources])
+    den_hash = ctx.hash(den_params, conf_key + mask_shas)
     den_marker = den_store / "_provenance_hash"
     den_fresh = den_marker.is_file() and den_marker.read_text() == den_hash
-    clean_kwargs: dict[str, Any] = dict(
-        t_r=t_r, detrend=config.detrend, standardize=config.standardize,
-        low_pass=config.low_pass, high_pass=config.high_pass, filter=config.filter,
-        confounds=confounds,
-    )
+    need_den = need_phase_c and not den_fresh
+    need_alff = alff_plan[4] or falff_plan[4]
+    need_confounds_now = strategy.lower() != "none" and (need_den or need_alff)
+
+    # -- 3. phase A (+ B): QC, carpet, confound signals; ALFF and the denoised series -------
+    # When neuroscale builds the confounds, their signals come from one pass over the raw
+    # series (phase A) and the denoising needs them (phase B); otherwise A and B are one graph.
     lazy: dict[str, Any] = {}
     if need_qc:
         lazy["qc"] = qc.qc_arrays(raw, image=image)
         n_rows = min(config.carpet_rows, raw.n_voxels)
         rows = np.unique(np.linspace(0, raw.n_voxels - 1, n_rows).astype(int))
         lazy["carpet"] = raw.data[:, rows]
-    if alff_plan[4] or falff_plan[4]:
-        unfiltered = denoise.clean(raw, t_r=t_r, detrend=config.detrend, standardize=False,
-                                   low_pass=None, high_pass=None, confounds=confounds)
-        lazy["alff"] = alff_mod.alff(unfiltered, low=config.alff_band[0],
-                                     high=config.alff_band[1])
-    den_write = None
-    if need_phase_b and not den_fresh:
-        denoised = denoise.clean(raw, **clean_kwargs)
-        import shutil
+    conf_table_path = conf_plan[1]
+    if build_confounds and (conf_plan[4] or (need_confounds_now
+                                             and not conf_table_path.is_file())):
+        from neuroscale.preproc.confounds import confound_signals
 
-        shutil.rmtree(den_store, ignore_errors=True)
-        # Zarr needs regular chunks: the slab chunks are irregular, so even them out (local
-        # split/merge of neighbouring chunks, no shuffle)
-        regular = denoised.data.rechunk({0: -1, 1: max(denoised.data.chunks[1])})
-        den_write = regular.to_zarr(str(den_store), overwrite=True, compute=False,
-                                    zarr_format=3)
-    if den_write is not None:
-        lazy["denoised"] = den_write
-    try:
-        computed = _compute_named(client, lazy, label=f"{prefix}: QC, ALFF, denoising",
+        lazy["confsig"] = confound_signals(raw, tissue, t_r=t_r)
+    confounds = None
+
+    def select() -> None:
+        nonlocal confounds
+        if need_confounds_now and conf_path is not None:
+            confounds, names, used = _select_confounds(conf_path, strategy, image.n_volumes,
+                                                       outcome)
+            den_params["confounds"] = names
+            if used != strategy:
+                den_params["nuisance_strategy_applied"] = used
+
+    def phase_b(into: dict[str, Any]) -> None:
+        if need_alff:
+            unfiltered = denoise.clean(raw, t_r=t_r, detrend=config.detrend, standardize=False,
+                                       low_pass=None, high_pass=None, confounds=confounds)
+            into["alff"] = alff_mod.alff(unfiltered, low=config.alff_band[0],
+                                         high=config.alff_band[1])
+        if need_den:
+            import shutil
+
+            denoised = denoise.clean(
+                raw, t_r=t_r, detrend=config.detrend, standardize=config.standardize,
+                low_pass=config.low_pass, high_pass=config.high_pass, filter=config.filter,
+                confounds=confounds, sample_mask=sample_mask)
+            shutil.rmtree(den_store, ignore_errors=True)
+            # Zarr needs regular chunks: the slab chunks are irregular, so even them out
+            # (local split/merge of neighbouring chunks, no shuffle)
+            regular = denoised.data.rechunk({0: -1, 1: max(denoised.data.chunks[1])})
+            into["denoised"] = regular.to_zarr(str(den_store), overwrite=True, compute=False,
+                                               zarr_format=3)
+
+    if build_confounds:
+        conf_path = conf_table_path
+        if "confsig" not in lazy:
+            select()
+            phase_b(lazy)
+        computed = _compute_phase(client, lazy, label=f"{prefix}: QC, confounds",
+                                  step="phase A: QC, confounds", run=run,
                                   progress=config.progress)
-    except NeuroscaleError:
-        raise
-    except Exception as exc:
-        from neuroscale.compute.cluster import compute_error
+        if "confsig" in computed:
+            from neuroscale.preproc.confounds import confounds_table, write_confounds_tsv
 
-        raise compute_error(exc, step="phase A: QC, ALFF, denoising", run=run) from exc
-    if den_write is not None:
+            assert motion_params is not None and fd is not None
+            table = confounds_table(computed["confsig"], motion_params, fd, t_r=t_r)
+            write_confounds_tsv(conf_table_path, table)
+            ctx.record("confounds", conf_table_path, conf_plan[2], mask_sources)
+        if "confsig" in lazy:
+            select()
+            lazy_b: dict[str, Any] = {}
+            phase_b(lazy_b)
+            computed.update(_compute_phase(client, lazy_b, label=f"{prefix}: ALFF, denoising",
+                                           step="phase B: ALFF, denoising", run=run,
+                                           progress=config.progress))
+    else:
+        select()
+        phase_b(lazy)
+        computed = _compute_phase(client, lazy, label=f"{prefix}: QC, ALFF, denoising",
+                                  step="phase A: QC, ALFF, denoising", run=run,
+                                  progress=config.progress)
+    if need_den:
         den_marker.write_text(den_hash)
 
     if "qc" in computed:
@@ -440,8 +596,18 @@ def process_bold_run(
         np.save(carpet_path, carpet)
         scalars = {k: v for k, v in summary.items() if not isinstance(v, list)}
         traces = {k: v for k, v in summary.items() if isinstance(v, list)}
-        qc_doc = {**scalars, "traces": traces, "n_volumes": image.n_volumes,
+        if fd is not None:
+            traces["framewise_displacement"] = [float(v) for v in fd]
+        qc_doc = {**scalars, **fd_facts, "traces": traces, "n_volumes": image.n_volumes,
                   "n_voxels_in_mask": int(mask.sum()), "t_r_s": t_r}
+        if anat.result is not None and fmriprep is None:
+            qc_doc["t1w_to_template_dice"] = float(anat.result.dice)
+        for atlas, _, _ in atlases:
+            qc_doc[f"atlas_{atlas.name}_mask_coverage"] = float(
+                _atlas_mask_coverage(atlas, mask))
+            if gm is not None:
+                qc_doc[f"atlas_{atlas.name}_gm_coverage"] = float(
+                    _atlas_mask_coverage(atlas, mask & np.asarray(gm, bool)))
         if qc_plan[4]:
             _write_json_output(ctx, "qc", qc_plan[1], qc_doc, qc_plan[2])
         if tsnr_plan[4]:
@@ -454,76 +620,84 @@ def process_bold_run(
             if plan_[4]:
                 save_nifti(values_to_volume(np.asarray(values, dtype=np.float32), mask),
                            image.affine, plan_[1], header=info.header)
-                ctx.record(plan_[0], plan_[1], plan_[2])
+                ctx.record(plan_[0], plan_[1], plan_[2], confound_sources)
 
-    # -- 4. phase B: one graph over the denoised store ---------------------------------------
-    if need_phase_b:
+    # -- 5. phase C: one graph over the denoised store ---------------------------------------
+    if need_phase_c:
         den_data = da.from_zarr(str(den_store))
         den_data = den_data.rechunk({0: -1})
         den = Series(data=den_data, mask=mask, affine=image.affine, t_r=t_r,
                      header=info.header, source=bold)
-        lazy_b: dict[str, Any] = {}
+        lazy_c: dict[str, Any] = {}
         if reho_plan[4]:
-            lazy_b["reho"] = reho.reho(den)
+            lazy_c["reho"] = reho.reho(den)
         if dcb_plan[4] or dcw_plan[4]:
-            lazy_b["dc"] = centrality.degree_centrality(den, threshold=config.dc_threshold)
-        atlases_loaded = {}
+            lazy_c["dc"] = centrality.degree_centrality(den, threshold=config.dc_threshold)
         if any(a[5] for a in atlas_plans):
             from neuroscale.analysis import parcellate
 
-            for name, atlas_path, _, _, _, needed in atlas_plans:
-                if not needed:
-                    continue
-                atlas = parcellate.load_atlas(atlas_path, image.affine, image.shape[:3])
-                atlases_loaded[name] = atlas
-                with warnings.catch_warnings():  # empty parcels: reported in the report
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    lazy_b[f"atlas-{name}"] = parcellate.parcel_timeseries(den, atlas)
+            for name, atlas, _, _, _, needed in atlas_plans:
+                if needed:
+                    with warnings.catch_warnings():  # empty parcels: reported in the report
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        lazy_c[f"atlas-{name}"] = parcellate.parcel_timeseries(den, atlas)
         for (name, *_rest), (sx, sy, sz, sr) in zip(seed_plans, config.seeds, strict=True):
             if _rest[3]:
-                lazy_b[name] = seed.seed_correlation(den, center_mm=(sx, sy, sz), radius_mm=sr)
-        try:
-            computed_b = _compute_named(client, lazy_b,
-                                        label=f"{prefix}: ReHo, centrality, connectivity",
-                                        progress=config.progress)
-        except NeuroscaleError:
-            raise
-        except Exception as exc:
-            from neuroscale.compute.cluster import compute_error
-
-            raise compute_error(exc, step="phase B: ReHo, centrality, connectivity",
-                                run=run) from exc
-        if "reho" in computed_b:
-            save_nifti(values_to_volume(np.asarray(computed_b["reho"], np.float32), mask),
+                lazy_c[name] = seed.seed_correlation(den, center_mm=(sx, sy, sz), radius_mm=sr)
+        computed_c = _compute_phase(client, lazy_c,
+                                    label=f"{prefix}: ReHo, centrality, connectivity",
+                                    step="phase C: ReHo, centrality, connectivity", run=run,
+                                    progress=config.progress)
+        if "reho" in computed_c:
+            save_nifti(values_to_volume(np.asarray(computed_c["reho"], np.float32), mask),
                        image.affine, reho_plan[1], header=info.header)
-            ctx.record("reho", reho_plan[1], reho_plan[2])
-        if "dc" in computed_b:
-            dcb_v, dcw_v = computed_b["dc"]
+            ctx.record("reho", reho_plan[1], reho_plan[2], confound_sources)
+        if "dc" in computed_c:
+            dcb_v, dcw_v = computed_c["dc"]
             for plan_, values in ((dcb_plan, dcb_v), (dcw_plan, dcw_v)):
                 save_nifti(values_to_volume(np.asarray(values, np.float32), mask),
                            image.affine, plan_[1], header=info.header)
-                ctx.record(plan_[0], plan_[1], plan_[2])
+                ctx.record(plan_[0], plan_[1], plan_[2], confound_sources)
         for seed_plan in seed_plans:
-            if seed_plan[0] in computed_b:
-                save_nifti(values_to_volume(np.asarray(computed_b[seed_plan[0]], np.float32),
+            if seed_plan[0] in computed_c:
+                save_nifti(values_to_volume(np.asarray(computed_c[seed_plan[0]], np.float32),
                                             mask), image.affine, seed_plan[1], header=info.header)
-                ctx.record(seed_plan[0], seed_plan[1], seed_plan[2])
-        for name, atlas_path, a_sha, a_params, files, needed in atlas_plans:
-            if not needed:
-                continue
-            _write_atlas_outputs(ctx, name, atlas_path, a_sha, a_params, files,
-                                 atlases_loaded[name], np.asarray(computed_b[f"atlas-{name}"]),
-                                 mask, outcome)
+                ctx.record(seed_plan[0], seed_plan[1], seed_plan[2], confound_sources)
+        for name, atlas, a_sha, a_params, files, needed in atlas_plans:
+            if needed:
+                _write_atlas_outputs(ctx, name, Path(atlas.path), a_sha, a_params, files, atlas,
+                                     np.asarray(computed_c[f"atlas-{name}"]), mask, outcome)
 
-    # -- 5. report ------------------------------------------------------------------------------
+    # -- 6. report ------------------------------------------------------------------------------
     qc_doc = json.loads(outcome.outputs["qc"].read_text()) if "qc" in outcome.outputs else {}
     outcome.qc = {k: v for k, v in qc_doc.items() if k not in ("traces", "Provenance")}
-    outcome.mean = image.mean().compute_volume()
+    outcome.mean = mean_volume
     outcome.mask = mask
     outcome.affine = image.affine
     outcome.t_r = t_r
     outcome.carpet_path = carpet_path
+    outcome.fd = fd
     return outcome
+
+
+def provenance_key(params: dict[str, Any]) -> str:
+    """A sha256-like key of parameters (stands for an input that is built, not read)."""
+    from neuroscale.provenance import provenance_hash
+
+    return str(provenance_hash([], params))
+
+
+def _compute_phase(client: Any, lazy: dict[str, Any], *, label: str, step: str, run: Any,
+                   progress: bool) -> dict[str, Any]:
+    """:func:`_compute_named`, with cluster failures named by run and step."""
+    try:
+        return _compute_named(client, lazy, label=label, progress=progress)
+    except NeuroscaleError:
+        raise
+    except Exception as exc:
+        from neuroscale.compute.cluster import compute_error
+
+        raise compute_error(exc, step=step, run=run) from exc
 
 
 def _compute_named(client: Any, lazy: dict[str, Any], *, label: str, progress: bool
@@ -643,6 +817,16 @@ def run_participant(
             raise InputNotFoundError("atlas not found", path)
     if config.mask is not None and not Path(config.mask).is_file():
         raise ConfigurationError("mask not found", config.mask)
+    if "fmriprep" in config.derivatives:
+        # every run must have its fMRIPrep counterpart before anything is written
+        from neuroscale.bids.fmriprep import find_fmriprep_bold
+
+        for run in runs:
+            find_fmriprep_bold(Path(config.derivatives["fmriprep"]), run)
+    if config.nuisance_strategy.lower().endswith((".yml", ".yaml", ".json")):
+        from neuroscale.analysis.confounds import load_strategy_file
+
+        load_strategy_file(config.nuisance_strategy)  # a bad file fails before any work
     out_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(out_dir, [Path(bids_dir)], version=__version__)
 
@@ -656,10 +840,20 @@ def run_participant(
 
     def do_subject(subject_runs: list[Any]) -> list[RunOutcome]:
         done = []
+        first = subject_runs[0]
+        try:
+            anat = prepare_anatomy(Path(bids_dir), first.subject, first.session, out_dir,
+                                   config, client)
+        except NeuroscaleError as exc:
+            return [RunOutcome(run=run, error=exc) for run in subject_runs]
+        except Exception as exc:
+            return [RunOutcome(run=run, error=_unexpected_error(exc, run))
+                    for run in subject_runs]
         for run in subject_runs:
             print(f"neuroscale: {run.relpath}", file=sys.stderr)
             try:
-                outcome = process_bold_run(run, out_dir, config, client)
+                outcome = process_bold_run(run, out_dir, config, client, anat)
+                outcome.anat = anat
             except NeuroscaleError as exc:
                 outcome = RunOutcome(run=run, error=exc)
             except Exception as exc:  # KeyboardInterrupt/SystemExit propagate

@@ -16,6 +16,7 @@ _TRACE_KEYS = {
     "std_dvars": ("dvars_std_series",),
     "global_signal": ("global_signal",),
     "outlier_fraction": ("outlier_fraction",),
+    "fd": ("framewise_displacement",),
 }
 _MAP_ORDER = ("alff", "falff", "reho", "dcb", "dcw")
 
@@ -81,6 +82,29 @@ def build_run_report(outcome: Any, report_dir: Path) -> Any:
     scalars = {k: v for k, v in qc_doc.items()
                if k not in ("traces", "Provenance") and not isinstance(v, dict | list)}
     tsnr = load("tsnr")
+    extra = []
+    anat = getattr(outcome, "anat", None)
+    if anat is not None and getattr(anat, "result", None) is not None:
+        from neuroscale.preproc.registration import (
+            plot_anat_registration,
+            plot_boldref_registration,
+        )
+
+        result = anat.result
+        extra.append((
+            "Registration: T1w to MNI152NLin2009cAsym",
+            plot_anat_registration(result),
+            f"Edges of the template's brain over the participant's T1w warped to "
+            f"MNI152NLin2009cAsym (ANTs SyN); Dice of the brain masks {result.dice:.3f} "
+            "(the run fails below 0.9)."))
+        if outcome.registration is not None and outcome.mean is not None:
+            extra.append((
+                "Registration: BOLD reference to T1w",
+                plot_boldref_registration(outcome.mean, outcome.affine, result,
+                                          outcome.registration),
+                "Edges of the T1w's tissue boundaries over the mean realigned EPI (rigid, "
+                "mutual information); atlases and tissue masks reach the BOLD grid through "
+                "these transforms."))
     return RunReport(
         name=Path(outcome.run.path).name.split("_bold")[0],
         t_r=float(outcome.t_r),
@@ -93,6 +117,8 @@ def build_run_report(outcome: Any, report_dir: Path) -> Any:
         std_dvars=_trace_or(traces, "std_dvars", n),
         global_signal=_trace_or(traces, "global_signal", n),
         outlier_fraction=_trace(traces, "outlier_fraction", n),
+        fd=_trace(traces, "fd", n),
+        extra_figures=extra,
         non_steady_state=int(qc_doc.get("n_nonsteady", 0) or 0),
         qc=scalars,
         maps=maps,

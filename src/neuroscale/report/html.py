@@ -125,6 +125,9 @@ class RunReport:
         Warnings raised while processing the run (shown prominently).
     outputs : list of str
         Output files, as paths relative to the report's directory (rendered as links).
+    extra_figures : list of (str, matplotlib Figure, str)
+        Further figures (title, figure, caption), e.g. registration mosaics, shown after
+        the mean EPI.
     """
 
     name: str
@@ -145,6 +148,7 @@ class RunReport:
     connectivity: ConnectivityMatrix | Sequence[ConnectivityMatrix] | None = None
     warnings: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    extra_figures: list[tuple[str, Any, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.t_r, int | float) and math.isfinite(self.t_r) and self.t_r > 0):
@@ -332,6 +336,9 @@ def _run_context(run: RunReport) -> dict[str, Any]:
             "caption": f"Temporal mean of the BOLD run. {orient}{contour_note}",
         }
     )
+    for i, (fig_title, fig, caption) in enumerate(run.extra_figures):
+        figs.append({"id": f"extra-{i}", "title": fig_title, "src": _png(fig),
+                     "caption": caption})
     figs.append(
         {
             "id": "tsnr",
