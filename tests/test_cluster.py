@@ -315,15 +315,16 @@ def test_failed_runs_do_not_stop_the_others(monkeypatch: pytest.MonkeyPatch,
         return real_process(run, *args, **kwargs)
 
     monkeypatch.setattr(participant, "process_bold_run", process)
+    # synthetic noise without motion: motion correction (tested in tests/preproc) is off
     config = ParticipantConfig(report=False, progress=False, centrality=False,
-                               work_dir=tmp_path / "work")
+                               work_dir=tmp_path / "work", motion_correction=False)
     outcomes = run_participant(ds, tmp_path / "out", config)
     by_sub = {o.run.entities["sub"]: o for o in outcomes}
     err = by_sub["01"].error
     assert isinstance(err, ComputeError) and isinstance(err, NeuroscaleError)
     text = str(err)
     assert "\n" not in text
-    assert "sub-01_task-rest_bold.nii.gz" in text and "sub-01: phase B: ALFF, denoising" \
+    assert "sub-01_task-rest_bold.nii.gz" in text and "sub-01: phase A: QC, ALFF, denoising" \
         in text and "KilledWorker" in text
     assert by_sub["02"].error is None
     assert (tmp_path / "out" / "sub-02" / "func" / "sub-02_task-rest_stat-reho_boldmap.nii.gz"
@@ -370,7 +371,8 @@ def test_subjects_run_concurrently_within_the_bound(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(participant, "process_bold_run", process)
     config = ParticipantConfig(report=False, progress=False, centrality=False,
-                               work_dir=tmp_path / "work", max_concurrent_subjects=2)
+                               work_dir=tmp_path / "work", max_concurrent_subjects=2,
+                               motion_correction=False)
     outcomes = run_participant(ds, tmp_path / "out", config)
     assert [o.run.subject for o in outcomes] == ["01", "02", "03", "04"]
     assert peak[0] == 2

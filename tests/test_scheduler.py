@@ -64,7 +64,9 @@ def scheduler_address(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_existing_scheduler_gives_the_local_results(scheduler_address: str,
                                                     tmp_path: Path) -> None:
     remote, local = tmp_path / "remote", tmp_path / "local"
-    args = ["participant", "--no-report", "--no-progress", "--seed", "0,-66,3,8"]
+    # motion correction included; the T1w registration is tested elsewhere (tests/preproc)
+    args = ["participant", "--no-report", "--no-progress", "--seed", "0,-66,3,8",
+            "--no-registration"]
     assert main([str(EXAMPLE), str(remote), *args, "--scheduler", scheduler_address]) == 0
     assert main([str(EXAMPLE), str(local), *args, "--n-workers", "2"]) == 0
     func = Path("sub-02") / "func"

@@ -444,7 +444,10 @@ def process_bold_run(
     # -- plan outputs ----------------------------------------------------------------------------
     def plan(name: str, path: Path, params: dict[str, Any], extra: list[str] | None = None
              ) -> tuple[str, Path, dict[str, Any], str, bool]:
-        digest = ctx.hash(params, (extra or []) + conf_key + mask_shas)
+        # the confounds and mask checksums go into the parameters, so that the hash written
+        # by ctx.record (sources + parameters) is the planned one
+        params = {**params, "input_sha256": (extra or []) + conf_key + mask_shas}
+        digest = ctx.hash(params)
         fresh = ctx.up_to_date(path, digest)
         if fresh:
             outcome.skipped.append(name)
@@ -475,7 +478,7 @@ def process_bold_run(
     for atlas, a_sha, a_extra in atlases:
         name = atlas.name
         a_params = {**den_params, "atlas": str(atlas.path), "atlas_sha256": a_sha,
-                    "resampling": a_extra}
+                    "resampling": a_extra, "input_sha256": conf_key + mask_shas}
         files = {
             "timeseries": ctx.path(atlas=name, stat="mean", suffix="timeseries", extension=".tsv"),
             "pearson": ctx.path(atlas=name, stat="pearsoncorrelation", suffix="relmat",
@@ -484,7 +487,7 @@ def process_bold_run(
                                 extension=".tsv"),
             "coverage": ctx.path(atlas=name, stat="coverage", suffix="bold", extension=".tsv"),
         }
-        digest = ctx.hash(a_params, [a_sha] + conf_key + mask_shas)
+        digest = ctx.hash(a_params, [a_sha])
         fresh = all(ctx.up_to_date(p, digest) for p in files.values())
         if fresh:
             outcome.skipped.append(f"atlas-{name}")
@@ -572,7 +575,7 @@ def process_bold_run(
             assert motion_params is not None and fd is not None
             table = confounds_table(computed["confsig"], motion_params, fd, t_r=t_r)
             write_confounds_tsv(conf_table_path, table)
-            ctx.record("confounds", conf_table_path, conf_plan[2], mask_sources)
+            ctx.record("confounds", conf_table_path, conf_plan[2])
         if "confsig" in lazy:
             select()
             lazy_b: dict[str, Any] = {}
@@ -620,7 +623,7 @@ def process_bold_run(
             if plan_[4]:
                 save_nifti(values_to_volume(np.asarray(values, dtype=np.float32), mask),
                            image.affine, plan_[1], header=info.header)
-                ctx.record(plan_[0], plan_[1], plan_[2], confound_sources)
+                ctx.record(plan_[0], plan_[1], plan_[2])
 
     # -- 5. phase C: one graph over the denoised store ---------------------------------------
     if need_phase_c:
@@ -651,18 +654,18 @@ def process_bold_run(
         if "reho" in computed_c:
             save_nifti(values_to_volume(np.asarray(computed_c["reho"], np.float32), mask),
                        image.affine, reho_plan[1], header=info.header)
-            ctx.record("reho", reho_plan[1], reho_plan[2], confound_sources)
+            ctx.record("reho", reho_plan[1], reho_plan[2])
         if "dc" in computed_c:
             dcb_v, dcw_v = computed_c["dc"]
             for plan_, values in ((dcb_plan, dcb_v), (dcw_plan, dcw_v)):
                 save_nifti(values_to_volume(np.asarray(values, np.float32), mask),
                            image.affine, plan_[1], header=info.header)
-                ctx.record(plan_[0], plan_[1], plan_[2], confound_sources)
+                ctx.record(plan_[0], plan_[1], plan_[2])
         for seed_plan in seed_plans:
             if seed_plan[0] in computed_c:
                 save_nifti(values_to_volume(np.asarray(computed_c[seed_plan[0]], np.float32),
                                             mask), image.affine, seed_plan[1], header=info.header)
-                ctx.record(seed_plan[0], seed_plan[1], seed_plan[2], confound_sources)
+                ctx.record(seed_plan[0], seed_plan[1], seed_plan[2])
         for name, atlas, a_sha, a_params, files, needed in atlas_plans:
             if needed:
                 _write_atlas_outputs(ctx, name, Path(atlas.path), a_sha, a_params, files, atlas,

@@ -476,7 +476,7 @@ def _realign_block(
 
     Returns the (n, 6) parameters and the (x, y, z) float64 sum of the realigned volumes.
     """
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     import zarr
 
     center = grid_center(affine, reference.shape)
