@@ -183,6 +183,9 @@ class _RunContext:
         self.started = _now()
         self.catalog = catalog
         self.collection = collection
+        #: top-level sidecar keys of the outputs recorded from now on (e.g. the confound
+        #: regressors applied, known only once the confounds exist; not part of the hash)
+        self.extra: dict[str, Any] = {}
         self._catalogued: set[str] = set()
 
     def path(self, **kwargs: Any) -> Path:
@@ -210,7 +213,7 @@ class _RunContext:
         sources = self.sources + list(extra_sources or [])
         ended = _now()
         write_provenance(path, sources=sources, parameters=params, started=self.started,
-                         ended=ended)
+                         ended=ended, extra=self.extra or None)
         self.outcome.outputs[name] = path
         self.outcome.computed.append(name)
         if self.catalog is not None:
@@ -537,9 +540,7 @@ def process_bold_run(
         if need_confounds_now and conf_path is not None:
             confounds, names, used = _select_confounds(conf_path, strategy, image.n_volumes,
                                                        outcome)
-            den_params["confounds"] = names
-            if used != strategy:
-                den_params["nuisance_strategy_applied"] = used
+            ctx.extra = {"ConfoundRegressors": list(names), "NuisanceStrategyApplied": used}
 
     def phase_b(into: dict[str, Any]) -> None:
         if need_alff:
