@@ -191,14 +191,10 @@ def motion_correction(image: Any, ctx: Any, run_work: Path, client: Any, config:
     hmc_params : dict
         What enters the provenance of everything downstream.
     """
-    import pandas as pd
-
-    from neuroscale.io.atomic import atomic_write_bytes
     from neuroscale.preproc import motion
 
     tsv = ctx.path(desc="motion", suffix="timeseries", extension=".tsv")
     store = run_work / "realigned.zarr"
-    ref_path = run_work / "boldref.npy"
     n_dummy = _nonsteady_volumes(image, client)
     hmc_params = {"method": "neuroscale.preproc.motion.realign (ANTsPy rigid, linear "
                             "interpolation)",
@@ -206,17 +202,15 @@ def motion_correction(image: Any, ctx: Any, run_work: Path, client: Any, config:
                                f"{min(image.n_volumes, n_dummy + 10) - 1}",
                   "n_nonsteady": n_dummy}
     digest = ctx.hash(hmc_params)
-    if ctx.up_to_date(tsv, digest) and ref_path.is_file():
+    # the realigned store keeps the parameters and the mean: reuse it while the TSV is fresh
+    stored = motion.read_realigned(store) if ctx.up_to_date(tsv, digest) else None
+    if stored is not None:
         try:
-            mean = np.load(ref_path)
-            realigned = motion.open_realigned(store, like=image, mean=mean)
-            table = pd.read_csv(tsv, sep="\t", na_values=["n/a"])
-            params = table[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
-                           ].to_numpy(dtype=np.float64)
+            realigned = motion.open_realigned(store, like=image, mean=stored[1])
             ctx.outcome.skipped.append("motion")
             ctx.outcome.outputs["motion"] = tsv
-            return realigned, params, n_dummy, hmc_params
-        except (NeuroscaleError, OSError, KeyError, ValueError) as exc:
+            return realigned, stored[0], n_dummy, hmc_params
+        except NeuroscaleError as exc:
             log.info("recomputing motion correction of %s: %s", prefix, exc)
     reference = motion.select_reference(image, n_dummy=n_dummy)
     graph = motion.realign(image, store, reference)
@@ -224,13 +218,7 @@ def motion_correction(image: Any, ctx: Any, run_work: Path, client: Any, config:
                   f"{prefix}: motion correction", "head-motion correction")
     params = np.asarray(out["params"], dtype=np.float64)
     mean = np.asarray(out["mean"], dtype=np.float32)
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, mean)
-    atomic_write_bytes(ref_path, buf.getvalue())
-    fd = motion.framewise_displacement(params)
-    motion.write_motion_tsv(tsv, params, fd)
+    motion.write_motion_tsv(tsv, params, motion.framewise_displacement(params))
     ctx.record("motion", tsv, hmc_params)
     return motion.open_realigned(store, like=image, mean=mean), params, n_dummy, hmc_params
 
