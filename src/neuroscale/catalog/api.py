@@ -11,12 +11,14 @@ Crash safety of ingest (what a SIGKILL at any point leaves behind)
 Files are ingested in batches (up to ``INGEST_BATCH_FILES`` files / ``INGEST_BATCH_BYTES``
 bytes; a larger file is a batch of its own), each batch step by step:
 
-1. every source is copied into the store's ``tmp/`` area while its SHA-256 is computed;
+1. every source is copied into the store's ``tmp/`` area while its SHA-256 is computed (a
+   file of at most ``SMALL_FILE_BYTES`` is read into memory and hashed there instead);
 2. the ``blobs`` rows of the new contents are *claimed* in state ``pending`` (owner pid and
    host recorded), in one transaction;
-3. the copies are moved to ``objects/ab/cd/<sha256>`` and made durable together (an fsync of
-   each file and directory, or one ``syncfs(2)`` for a batch of many files), then read back:
-   each SHA-256 must match;
+3. the copies are moved to ``objects/ab/<sha256>`` (small contents are written there
+   directly, never over an existing file) and made durable together (an fsync of each file
+   and directory, or one ``syncfs(2)`` for a batch of many files), then read back: each
+   SHA-256 must match;
 4. one transaction turns the blobs ``ok`` and inserts the data objects and their metadata.
 
 A record is thus committed only after its stored copy is durable and verified (SQLite runs in
@@ -43,9 +45,11 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import hashlib
+import io
 import json
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -118,6 +122,10 @@ READ, WRITE, OWN = LEVELS["read"], LEVELS["write"], LEVELS["own"]
 #: this many files and bytes; a larger file forms a batch of its own.
 INGEST_BATCH_FILES = 1000
 INGEST_BATCH_BYTES = 256 << 20
+#: Files up to this size are read once into memory (hashed, metadata sniffed, then written
+#: straight to their final key); a batch holds at most ``INGEST_BATCH_MEMORY`` bytes of them.
+SMALL_FILE_BYTES = 1 << 20
+INGEST_BATCH_MEMORY = 64 << 20
 #: Rows per SQL statement (bound parameters stay far below SQLite's and PostgreSQL's limits).
 SQL_CHUNK = 500
 BAD_CHECKS = ("corrupt", "missing")
@@ -190,6 +198,26 @@ class IngestReport:
         for r in self.results:
             out[r.status] = out.get(r.status, 0) + 1
         return out
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A file of an ingest batch: its object name, metadata and (small files) its bytes."""
+
+    local: Path
+    name: str
+    triples: list[md.Triple]
+    content: bytes | None
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A content ready to be stored: a ``tmp/`` copy (``key``) or bytes in memory."""
+
+    sha256: str
+    size: int
+    key: str | None
+    content: bytes | None
 
 
 @dataclass(frozen=True)
@@ -912,7 +940,7 @@ class Catalog:
         if isinstance(paths, str | Path):
             paths = [paths]
         report = IngestReport()
-        files: list[tuple[Path, str]] = []
+        files: list[tuple[Path, str, int]] = []
         for p in paths:
             files.extend(self._walk(Path(p), report, name if len(paths) == 1 else None))
         meta = list(meta)
@@ -922,20 +950,26 @@ class Catalog:
             coll = self._ensure_collection(s, collection, me, levels)
             coll_id, coll_path, me_id = coll.id, coll.path, me.id if me else None
         self.recover()
-        batch: list[tuple[Path, str, list[md.Triple]]] = []
+        batch: list[_Item] = []
         names: set[str] = set()
-        nbytes = 0
-        for local, objname in files:
-            size = local.stat().st_size
+        nbytes = inmemory = 0
+        for local, objname, size in files:
+            small = size <= SMALL_FILE_BYTES
             if batch and (
                 objname in names
                 or len(batch) >= INGEST_BATCH_FILES
                 or nbytes + size > INGEST_BATCH_BYTES
+                or (small and inmemory + size > INGEST_BATCH_MEMORY)
             ):
                 report.results.extend(self._ingest_batch(batch, coll_id, coll_path, me_id))
-                batch, names, nbytes = [], set(), 0
-            triples = (md.extract(local) if extract else []) + meta
-            batch.append((local, objname, md.dedupe(triples)))
+                batch, names, nbytes, inmemory = [], set(), 0, 0
+            content = None
+            if small:
+                with open(local, "rb", buffering=0) as fh:
+                    content = fh.readall()
+                inmemory += len(content)
+            triples = (md.extract(local, content) if extract else []) + meta
+            batch.append(_Item(local, objname, md.dedupe(triples), content))
             names.add(objname)
             nbytes += size
         if batch:
@@ -943,41 +977,53 @@ class Catalog:
         return report
 
     @staticmethod
-    def _walk(path: Path, report: IngestReport, name: str | None) -> list[tuple[Path, str]]:
+    def _walk(
+        path: Path, report: IngestReport, name: str | None
+    ) -> list[tuple[Path, str, int]]:
+        """(file, object name, size in bytes) of every regular file under ``path``."""
         from neuroscale.errors import InputNotFoundError
 
         if not path.exists():
             raise InputNotFoundError("no such file or directory", path)
         if path.is_file():
-            return [(path, check_object_name(name or path.name))]
+            return [(path, check_object_name(name or path.name), path.stat().st_size)]
         root = path.resolve()
         out = []
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, path)
             for fname in sorted(filenames):
-                full = Path(dirpath) / fname
-                real = full.resolve()
-                if full.is_symlink() and not real.is_relative_to(root):
-                    report.skipped.append((str(full), f"symlink to {real}, outside {root}"))
+                full = os.path.join(dirpath, fname)
+                st = os.lstat(full)
+                if stat.S_ISLNK(st.st_mode):  # only symlinks need resolving
+                    real = Path(full).resolve()
+                    if not real.is_relative_to(root):
+                        report.skipped.append((full, f"symlink to {real}, outside {root}"))
+                        continue
+                    try:
+                        st = os.stat(real)
+                    except OSError:
+                        st = None  # type: ignore[assignment]
+                if st is None or not stat.S_ISREG(st.st_mode):
+                    report.skipped.append((full, "not a regular file"))
                     continue
-                if not real.is_file():
-                    report.skipped.append((str(full), "not a regular file"))
-                    continue
-                out.append((full, check_object_name(full.relative_to(path).as_posix())))
+                rel = fname if rel_dir == "." else f"{rel_dir}/{fname}".replace(os.sep, "/")
+                out.append((Path(full), check_object_name(rel), st.st_size))
         return out
 
     def _ingest_batch(
         self,
-        items: list[tuple[Path, str, list[md.Triple]]],
+        items: list[_Item],
         coll_id: int,
         coll_path: str,
         me_id: int | None,
     ) -> list[IngestResult]:
-        """Ingest ``items`` (file, object name, triples; names distinct) with the protocol of
-        the module docstring applied to the whole batch at once.
+        """Ingest ``items`` (names distinct) with the protocol of the module docstring applied
+        to the whole batch at once.
 
-        Every file is copied to ``tmp/`` while hashed, the contents are claimed (``pending``)
-        in one transaction, moved into place, made durable together (:meth:`Store.sync`, one
+        Every large file is copied to ``tmp/`` while hashed (a small one was read into memory
+        and is hashed there), the contents are claimed (``pending``) in one transaction,
+        moved (or written) into place, made durable together (:meth:`Store.sync`, one
         ``syncfs`` for a large batch), re-hashed, and only then are all blobs turned ``ok``
         and all objects and metadata inserted in one transaction.  A file already catalogued
         under its name with the same content is only hashed.  When a file conflicts with a
@@ -987,7 +1033,7 @@ class Catalog:
         store = self.store
         results: dict[int, IngestResult] = {}
         existing: dict[str, tuple[DataObject, str | None]] = {}
-        names = [name for _, name, _ in items]
+        names = [item.name for item in items]
         with self._sessions() as s:
             for part in _chunks(names, SQL_CHUNK):
                 for obj, check in s.execute(
@@ -997,60 +1043,101 @@ class Catalog:
                 ):
                     existing[obj.name] = (obj, check)
         coll = Collection(id=coll_id, path=coll_path)
-        temps: dict[int, Any] = {}
+        staged: dict[int, _Staged] = {}
         moved: set[str] = set()
         conflict: ConflictError | None = None
-        try:
-            for i, (local, name, _) in enumerate(items):
-                known = existing.get(name)
-                if known is not None and known[1] is not None and known[1] not in BAD_CHECKS:
-                    # already catalogued under this name: hash (no copy) and leave it as it is
-                    with open(local, "rb") as src:
-                        digest, _ = hash_stream(src)
-                    if digest == known[0].sha256 and store.stored_size(digest) is not None:
+        with store.batch():
+            try:
+                for i, item in enumerate(items):
+                    known = existing.get(item.name)
+                    check = known[1] if known is not None else None
+                    good = check is not None and check not in BAD_CHECKS
+                    stage: _Staged | None = None
+                    digest: str | None = None
+                    if item.content is not None:
+                        digest = hashlib.sha256(item.content).hexdigest()
+                        stage = _Staged(digest, len(item.content), None, item.content)
+                    elif good:
+                        with open(item.local, "rb") as src:
+                            digest, _ = hash_stream(src)
+                    if (
+                        good
+                        and known is not None
+                        and digest == known[0].sha256
+                        and store.stored_size(digest) is not None
+                    ):
+                        # already catalogued under this name: leave it as it is
                         results[i] = IngestResult(
-                            str(local), self._info(known[0], coll), "unchanged"
+                            str(item.local), self._info(known[0], coll), "unchanged"
                         )
                         continue
-                with open(local, "rb") as src:
-                    temps[i] = store.write_temp(src, sync=False)
-                if known is not None and known[0].sha256 != temps[i].sha256:
-                    conflict = ConflictError(
-                        f"{_object_path(coll_path, name)} already holds different content "
-                        f"(sha256 {known[0].sha256})",
-                        local,
+                    if item.content is None:
+                        with open(item.local, "rb") as src:
+                            tmp = store.write_temp(src, sync=False)
+                        stage = _Staged(tmp.sha256, tmp.size, tmp.key, None)
+                    assert stage is not None
+                    staged[i] = stage
+                    if known is not None and known[0].sha256 != stage.sha256:
+                        conflict = ConflictError(
+                            f"{_object_path(coll_path, item.name)} already holds different "
+                            f"content (sha256 {known[0].sha256})",
+                            item.local,
+                        )
+                        break
+                _fault("copied")
+                todo = [i for i in sorted(staged) if conflict is None or i < max(staged)]
+                if todo:
+                    self._store_and_commit(
+                        items, todo, staged, existing, coll, me_id, results, moved
                     )
-                    break
-            _fault("copied")
-            todo = [i for i in sorted(temps) if conflict is None or i < max(temps)]
-            if todo:
-                self._store_and_commit(items, todo, temps, existing, coll, me_id, results, moved)
-        finally:
-            for tmp in temps.values():
-                if tmp.key not in moved:
-                    store.discard(tmp.key)
+            finally:
+                for stage in staged.values():
+                    if stage.key is not None and stage.key not in moved:
+                        store.discard(stage.key)
         if conflict is not None:
             raise conflict
         return [results[i] for i in sorted(results)]
 
+    def _put(self, stage: _Staged, moved: set[str]) -> None:
+        """Move (large) or write (small) the staged content to its final key, not yet durable.
+
+        A small content is written with ``O_EXCL``; when a file is already there (a stale copy
+        of a content whose claim was taken over, a concurrent writer's, a corrupt one being
+        replaced) it goes through ``tmp/`` and an atomic replace instead.
+        """
+        store = self.store
+        if stage.content is None:
+            assert stage.key is not None
+            store.commit(stage.key, stage.sha256, sync=False)
+            moved.add(stage.key)
+            return
+        if store.write_new(stage.sha256, stage.content):
+            return
+        tmp = store.write_temp(io.BytesIO(stage.content), sync=False)
+        try:
+            store.commit(tmp.key, stage.sha256, sync=False)
+        except BaseException:
+            store.discard(tmp.key)
+            raise
+
     def _store_and_commit(
         self,
-        items: list[tuple[Path, str, list[md.Triple]]],
+        items: list[_Item],
         todo: list[int],
-        temps: dict[int, Any],
+        staged: dict[int, _Staged],
         existing: dict[str, tuple[DataObject, str | None]],
         coll: Collection,
         me_id: int | None,
         results: dict[int, IngestResult],
         moved: set[str],
     ) -> None:
-        """Claim, move, sync, verify and commit the copies ``temps[i]`` for ``i`` in ``todo``
-        (the keys of the temporary copies moved into place are added to ``moved``)."""
+        """Claim, store, sync, verify and commit the contents ``staged[i]`` for ``i`` in
+        ``todo`` (the keys of the temporary copies moved into place are added to ``moved``)."""
         store = self.store
-        sizes = {temps[i].sha256: temps[i].size for i in todo}
-        first_tmp: dict[str, str] = {}
+        sizes = {staged[i].sha256: staged[i].size for i in todo}
+        first: dict[str, _Staged] = {}
         for i in todo:
-            first_tmp.setdefault(temps[i].sha256, temps[i].key)
+            first.setdefault(staged[i].sha256, staged[i])
         states = self._claim_many(sizes)
         _fault("claimed")
         need_copy: list[str] = []
@@ -1067,14 +1154,13 @@ class Catalog:
             if state == "pending" or sha in bad or store.stored_size(sha) != sizes[sha]:
                 need_copy.append(sha)
         for sha in need_copy:
-            store.commit(first_tmp[sha], sha, sync=False)
-            moved.add(first_tmp[sha])
+            self._put(first[sha], moved)
         store.sync(need_copy)
         _fault("moved")
         for sha in need_copy:
             got = store.hash_stored(sha)
             if got != (sha, sizes[sha]):
-                local = next(items[i][0] for i in todo if temps[i].sha256 == sha)
+                local = next(items[i].local for i in todo if staged[i].sha256 == sha)
                 raise StoredObjectCorruptedError(
                     f"stored copy of {local.name} does not match (sha256 {sha}, read back {got})",
                     store.url,
@@ -1097,17 +1183,17 @@ class Catalog:
                     if done.rowcount != len(part):  # type: ignore[attr-defined]
                         raise CatalogError(
                             "stored content was removed concurrently; ingest again",
-                            items[todo[0]][0],
+                            items[todo[0]].local,
                         )
-            new = [i for i in todo if items[i][1] not in existing]
+            new = [i for i in todo if items[i].name not in existing]
             ids: dict[str, int] = {}
             if new:
                 rows = [
                     {
                         "collection_id": coll.id,
-                        "name": items[i][1],
-                        "sha256": temps[i].sha256,
-                        "size": temps[i].size,
+                        "name": items[i].name,
+                        "sha256": staged[i].sha256,
+                        "size": staged[i].size,
                         "created": now,
                         "creator_id": me_id,
                     }
@@ -1124,11 +1210,11 @@ class Catalog:
                             ids[oname] = oid
                 except IntegrityError as exc:
                     raise ConflictError(
-                        f"an object of {coll.path} was created concurrently", items[new[0]][0]
+                        f"an object of {coll.path} was created concurrently", items[new[0]].local
                     ) from exc
                 avus = [
                     {
-                        "object_id": ids[items[i][1]],
+                        "object_id": ids[items[i].name],
                         "collection_id": None,
                         "attribute": t.attribute,
                         "value": t.value,
@@ -1137,7 +1223,7 @@ class Catalog:
                         "source": t.source,
                     }
                     for i in new
-                    for t in items[i][2]
+                    for t in items[i].triples
                 ]
                 for part in _chunks(avus, SQL_CHUNK):
                     s.execute(insert(_table(AVU)), part)
@@ -1145,25 +1231,24 @@ class Catalog:
         _fault("committed")
         added: set[str] = set()
         for i in todo:
-            local, name, _ = items[i]
-            tmp = temps[i]
-            if name in existing:
-                obj, status = existing[name][0], "unchanged"
+            item, stage = items[i], staged[i]
+            if item.name in existing:
+                obj, status = existing[item.name][0], "unchanged"
             else:
                 obj = DataObject(
-                    id=ids[name],
+                    id=ids[item.name],
                     collection_id=coll.id,
-                    name=name,
-                    sha256=tmp.sha256,
-                    size=tmp.size,
+                    name=item.name,
+                    sha256=stage.sha256,
+                    size=stage.size,
                     created=now,
                 )
-                if states[tmp.sha256] == "pending" and tmp.sha256 not in added:
+                if states[stage.sha256] == "pending" and stage.sha256 not in added:
                     status = "added"
-                    added.add(tmp.sha256)
+                    added.add(stage.sha256)
                 else:
                     status = "deduplicated"
-            results[i] = IngestResult(str(local), self._info(obj, coll), status)
+            results[i] = IngestResult(str(item.local), self._info(obj, coll), status)
 
     def _claim_many(self, sizes: dict[str, int]) -> dict[str, str]:
         """:meth:`_claim` for many contents: one transaction inserts every new ``pending`` blob;

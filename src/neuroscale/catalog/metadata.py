@@ -417,10 +417,13 @@ DICOM_ANNEX_E: frozenset[str] = frozenset(
 )  # fmt: skip
 
 
-def looks_like_dicom(path: Path) -> bool:
-    """True when ``path`` has the DICOM Part 10 preamble ('DICM' at byte 128) or a .dcm name."""
+def looks_like_dicom(path: Path, content: bytes | None = None) -> bool:
+    """True when ``path`` has the DICOM Part 10 preamble ('DICM' at byte 128) or a .dcm name
+    (``content``: the file's bytes when the caller already read them)."""
     if path.suffix.lower() in {".dcm", ".ima"}:
         return True
+    if content is not None:
+        return content[128:132] == b"DICM"
     try:
         with open(path, "rb") as fh:
             fh.seek(128)
@@ -468,10 +471,11 @@ def _dicom_scalar(value: Any) -> Any:
     return str(value)
 
 
-def extract(path: Path) -> list[Triple]:
+def extract(path: Path, content: bytes | None = None) -> list[Triple]:
     """All automatic metadata for the file ``path`` (BIDS, sidecar, NIfTI, DICOM).
 
-    Extraction problems never fail an ingest: an unreadable header becomes an
+    ``content`` is the whole file when the caller already read it (saves a read for the
+    DICOM check).  Extraction problems never fail an ingest: an unreadable header becomes an
     ``nifti_error``/``dicom_error`` attribute.
     """
     triples: list[Triple] = []
@@ -479,7 +483,7 @@ def extract(path: Path) -> list[Triple]:
     if is_nifti_name(path.name):
         triples.extend(nifti_metadata(path))
         triples.extend(sidecar_metadata(path))
-    elif looks_like_dicom(path):
+    elif looks_like_dicom(path, content):
         triples.extend(dicom_metadata(path))
     return dedupe(triples)
 

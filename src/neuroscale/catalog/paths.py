@@ -89,6 +89,18 @@ def parent_collection(path: str) -> str | None:
 
 
 def object_key(sha256: str) -> str:
-    """Store key of the content ``sha256``: ``objects/ab/cd/<sha256>``."""
+    """Store key of the content ``sha256``: ``objects/ab/<sha256>``.
+
+    One level of 256 directories, as git's loose objects: a million objects are ~4,000 per
+    directory (ext4 and xfs index large directories), and ingesting many small files does not
+    create a directory per object as a two-level ``ab/cd`` fan-out would.
+    """
+    check_sha256(sha256)
+    return f"objects/{sha256[:2]}/{sha256}"
+
+
+def legacy_object_key(sha256: str) -> str:
+    """Key of ``sha256`` in the two-level layout of stores made before 0.1.0's release
+    (``objects/ab/cd/<sha256>``), moved to :func:`object_key` when such a store is opened."""
     check_sha256(sha256)
     return f"objects/{sha256[:2]}/{sha256[2:4]}/{sha256}"

@@ -2,12 +2,16 @@
 
 Layout under the store root::
 
-    objects/ab/cd/<sha256>        stored content (named by its SHA-256)
+    objects/ab/<sha256>           stored content (named by its SHA-256)
     tmp/<pid>~<host>~<uuid>.part  copies in progress (removed on success or by cleanup)
+    LAYOUT                        layout version of a local store (``2``)
 
 Content is hashed *while* it is copied into ``tmp/``, moved to its final key (an atomic
 ``os.replace`` locally) and then read back and hashed again by the caller before the catalog
-record is committed.  Store keys are made only from validated hex digests and from names this
+record is committed.  Small contents, already hashed in memory, are written straight to their
+final key with ``O_EXCL`` (:meth:`Store.write_new`): never over an existing file, so a partial
+file can only exist while its content is claimed ``pending`` by the writer, and is removed by
+the catalog's recovery if the writer dies.  Store keys are made only from validated hex digests and from names this
 module generates, and the local store refuses symlinks and any path whose real location is
 outside the root, so nothing read or written through a store can escape it.
 """
@@ -34,7 +38,7 @@ from typing import Any, BinaryIO
 
 from neuroscale.catalog._deps import require
 from neuroscale.catalog.errors import CatalogConfigError, UnsafePathError
-from neuroscale.catalog.paths import check_sha256, is_sha256, object_key
+from neuroscale.catalog.paths import check_sha256, is_sha256, legacy_object_key, object_key
 
 CHUNK = 1 << 20
 #: Block size of large copies and re-hashes: large blocks keep the per-call overhead negligible
@@ -44,6 +48,9 @@ HOST = socket.gethostname()[:200]
 #: At least this many files are made durable with one ``syncfs(2)`` rather than an
 #: ``fsync(2)`` per file and per directory (each fsync is one journal commit on ext4/xfs).
 SYNCFS_MIN_FILES = 8
+#: Layout version written to a local store's ``LAYOUT`` file (1: ``objects/ab/cd/<sha>``,
+#: 2: ``objects/ab/<sha>``).
+LAYOUT_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,17 @@ class Store(ABC):
         del sha256s
 
     @abstractmethod
+    def write_new(self, sha256: str, data: bytes) -> bool:
+        """Write ``data`` (already hashed to ``sha256`` by the caller) straight to its final
+        key, unless a file is already there (then False, nothing written).  Durable after
+        :meth:`sync`; the caller re-hashes the stored copy before trusting it."""
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group many object operations (a local store keeps its directories open meanwhile)."""
+        yield
+
+    @abstractmethod
     def discard(self, key: str) -> None:
         """Remove a ``tmp/`` or ``objects/`` key (missing is fine)."""
 
@@ -207,7 +225,13 @@ class Store(ABC):
 
 
 class LocalStore(Store):
-    """A store in a local directory (atomic renames, fsync of data and directories)."""
+    """A store in a local directory (atomic renames, fsync of data and directories).
+
+    Objects are opened relative to their directory's file descriptor (``openat`` with
+    ``O_NOFOLLOW``), the directory itself opened with ``O_NOFOLLOW | O_DIRECTORY`` from the
+    resolved root, so no symlink in the store is ever followed; inside :meth:`batch` those
+    directory descriptors are kept open instead of re-opened per object.
+    """
 
     def __init__(self, root: str | Path) -> None:
         root = Path(root).expanduser()
@@ -219,6 +243,39 @@ class LocalStore(Store):
         self.root = Path(os.path.realpath(root))
         self._root_str = str(self.root).rstrip("/")
         self.url = str(self.root)
+        self._dirfds: dict[str, int] | None = None
+        layout = self.root / "LAYOUT"
+        if not layout.is_file():
+            self._upgrade_layout()
+            tmp = self.root / "tmp" / f"LAYOUT.{os.getpid()}.{uuid.uuid4().hex}"
+            tmp.write_text(LAYOUT_VERSION + "\n")
+            os.replace(tmp, layout)
+
+    # -- layout ------------------------------------------------------------------------------
+    def _upgrade_layout(self) -> None:
+        """Move objects of the two-level layout (``objects/ab/cd/<sha>``) to ``objects/ab/``.
+
+        Each move is an atomic rename, so an interrupted upgrade is finished by the next open.
+        """
+        base = self.root / "objects"
+        moved = 0
+        for top in sorted(os.scandir(base), key=lambda e: e.name):
+            if len(top.name) != 2 or not top.is_dir(follow_symlinks=False):
+                continue
+            for sub in sorted(os.scandir(top.path), key=lambda e: e.name):
+                if len(sub.name) != 2 or not sub.is_dir(follow_symlinks=False):
+                    continue
+                for entry in os.scandir(sub.path):
+                    name = entry.name
+                    if is_sha256(name) and legacy_object_key(name) == (
+                        f"objects/{top.name}/{sub.name}/{name}"
+                    ):
+                        os.replace(entry.path, base / top.name / name)
+                        moved += 1
+                with contextlib.suppress(OSError):
+                    os.rmdir(sub.path)
+        if moved:
+            os.sync()
 
     # -- path safety -------------------------------------------------------------------------
     def path(self, key: str) -> Path:
@@ -260,20 +317,93 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    def _open_read(self, key: str) -> BinaryIO | None:
-        path = self.path(key)
+    def _open_dir(self, name: str, dir_fd: int | None, create: bool) -> int | None:
+        """``open(name, O_DIRECTORY | O_NOFOLLOW)`` (relative to ``dir_fd``), made when
+        ``create``; None when missing."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        for _ in range(2):
+            try:
+                return os.open(name, flags, dir_fd=dir_fd)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePathError(
+                        f"store directory {name!r} is a symlink or not a directory", self.root
+                    ) from exc
+                raise
+        return None
+
+    def _objects_fd(self) -> int:
+        fd = self._open_dir(f"{self._root_str}/objects", None, create=True)
+        if fd is None:  # pragma: no cover - made just above
+            raise UnsafePathError("the store's objects/ directory cannot be opened", self.root)
+        return fd
+
+    @contextlib.contextmanager
+    def _object_dir(self, sha256: str, *, create: bool = False) -> Iterator[int | None]:
+        """Descriptor of ``objects/<ab>`` for ``sha256`` (None when it does not exist)."""
+        check_sha256(sha256)
+        prefix = sha256[:2]
+        cache = self._dirfds
+        if cache is not None:  # inside batch(): descriptors stay open until it ends
+            fd = cache.get(prefix)
+            if fd is None:
+                if "" not in cache:
+                    cache[""] = self._objects_fd()
+                fd = self._open_dir(prefix, cache[""], create)
+                if fd is not None:
+                    cache[prefix] = fd
+            yield fd
+            return
+        objects = self._objects_fd()
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafePathError(f"store entry {key!r} is a symlink", self.root) from exc
-            raise
+            fd = self._open_dir(prefix, objects, create)
+        finally:
+            os.close(objects)
+        try:
+            yield fd
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        if self._dirfds is not None:  # nested
+            yield
+            return
+        self._dirfds = {}
+        try:
+            yield
+        finally:
+            fds, self._dirfds = self._dirfds, None
+            for fd in fds.values():
+                os.close(fd)
+
+    def _open_object(self, sha256: str) -> int | None:
+        """A read descriptor of the stored copy of ``sha256`` (None when missing)."""
+        with self._object_dir(sha256) as dfd:
+            if dfd is None:
+                return None
+            try:
+                fd = os.open(sha256, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise UnsafePathError(
+                        f"store entry {object_key(sha256)!r} is a symlink", self.root
+                    ) from exc
+                raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise UnsafePathError(f"store entry {key!r} is not a regular file", self.root)
-        return os.fdopen(fd, "rb")
+            raise UnsafePathError(
+                f"store entry {object_key(sha256)!r} is not a regular file", self.root
+            )
+        return fd
 
     # -- Store API ---------------------------------------------------------------------------
     def write_temp(self, src: BinaryIO, *, sync: bool = True) -> TempObject:
@@ -292,16 +422,32 @@ class LocalStore(Store):
             raise
         return TempObject(key=key, sha256=sha, size=size)
 
+    def write_new(self, sha256: str, data: bytes) -> bool:
+        with self._object_dir(sha256, create=True) as dfd:
+            try:
+                fd = os.open(
+                    sha256, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd
+                )
+            except FileExistsError:
+                return False
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(sha256, dir_fd=dfd)
+                raise
+            finally:
+                os.close(fd)
+        return True
+
     def commit(self, temp: str, sha256: str, *, sync: bool = True) -> None:
         src = self.path(temp)
-        key = object_key(sha256)
-        dest = self.root / key
-        if not dest.parent.is_dir():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        self.path(key)  # the parents must be real directories inside the store
-        os.replace(src, dest)
-        if sync:
-            self._fsync_dir(dest.parent)
+        with self._object_dir(sha256, create=True) as dfd:
+            os.replace(src, sha256, dst_dir_fd=dfd)
+            if sync:
+                os.fsync(dfd)  # type: ignore[arg-type]
 
     def sync(self, sha256s: Sequence[str]) -> None:
         """fsync each stored file and its directory; with many files, one ``syncfs(2)``.
@@ -318,17 +464,20 @@ class LocalStore(Store):
                     return
             finally:
                 os.close(fd)
-        dirs: set[Path] = set()
+        dirs: dict[str, str] = {}  # one digest per directory to fsync
         for sha in sha256s:
-            path = self.path(object_key(sha))
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            ofd = self._open_object(sha)
+            if ofd is None:
+                continue
             try:
-                os.fsync(fd)
+                os.fsync(ofd)
             finally:
-                os.close(fd)
-            dirs.add(path.parent)
-        for d in sorted(dirs):
-            self._fsync_dir(d)
+                os.close(ofd)
+            dirs.setdefault(sha[:2], sha)
+        for sha in dirs.values():
+            with self._object_dir(sha) as dfd:
+                if dfd is not None:
+                    os.fsync(dfd)
 
     def discard(self, key: str) -> None:
         path = self.root / key
@@ -337,28 +486,32 @@ class LocalStore(Store):
             path.unlink()
 
     def hash_stored(self, sha256: str) -> tuple[str, int] | None:
-        fh = self._open_read(object_key(sha256))
-        if fh is None:
+        fd = self._open_object(sha256)
+        if fd is None:
             return None
-        with fh:
+        with os.fdopen(fd, "rb") as fh:
             return hash_stream(fh)
 
     def stored_size(self, sha256: str) -> int | None:
-        try:
-            st = os.lstat(self.path(object_key(sha256)))
-        except FileNotFoundError:
-            return None
+        with self._object_dir(sha256) as dfd:
+            if dfd is None:
+                return None
+            try:
+                st = os.stat(sha256, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
         return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def open(self, sha256: str) -> BinaryIO:
-        fh = self._open_read(object_key(sha256))
-        if fh is None:
+        fd = self._open_object(sha256)
+        if fd is None:
             raise FileNotFoundError(errno.ENOENT, "stored object missing", object_key(sha256))
-        return fh
+        return os.fdopen(fd, "rb")
 
     def iter_objects(self) -> Iterator[str]:
         base = self.root / "objects"
         for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
             rel = os.path.relpath(dirpath, self.root)
             for name in sorted(filenames) + [
                 d for d in dirnames if os.path.islink(os.path.join(dirpath, d))
@@ -406,6 +559,14 @@ class FsspecStore(Store):
 
     def commit(self, temp: str, sha256: str, *, sync: bool = True) -> None:
         self.fs.mv(self._full(temp), self._full(object_key(sha256)))
+
+    def write_new(self, sha256: str, data: bytes) -> bool:
+        full = self._full(object_key(sha256))
+        self.fs.invalidate_cache()
+        if self.fs.exists(full):
+            return False
+        self.fs.pipe_file(full, data)  # one PUT: an object store never shows a partial object
+        return True
 
     def discard(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -481,10 +642,10 @@ def open_store(url: str, options: dict[str, Any] | None = None) -> Store:
 
 
 def stored_sha_from_key(key: str) -> str | None:
-    """The digest a well-formed ``objects/ab/cd/<sha>`` key holds, else None."""
+    """The digest a well-formed ``objects/ab/<sha>`` key holds, else None."""
     parts = key.split("/")
-    if len(parts) == 4 and parts[0] == "objects" and is_sha256(parts[3]):
-        sha = parts[3]
-        if parts[1] == sha[:2] and parts[2] == sha[2:4]:
+    if len(parts) == 3 and parts[0] == "objects" and is_sha256(parts[2]):
+        sha = parts[2]
+        if parts[1] == sha[:2]:
             return check_sha256(sha)
     return None
