@@ -10,7 +10,9 @@ Parts (each can be skipped by passing 0):
            into a fresh catalog, against the shell reference ``sha256sum`` of every file +
            ``cp -r`` of the tree (no fsync), and the same followed by ``sync``.  Reference and
            catalog runs alternate (``--repeats``) so both see the same machine load; the
-           source tree is in the page cache (written, then read once) for every run.
+           source tree is in the page cache (written, then read once) for every run, and
+           ``sync`` (untimed) runs before each timed run so none pays for an earlier one's
+           write-back (deleting the previous copy leaves 100,000 dirty unlinks).
 ``big``    ingest of one ``--big-file-gb`` GB file (a 64 MiB PCG64 random block repeated),
            against ``sha256sum f && cp f dst``, the like-for-like
            ``sha256sum f && cp f dst && sha256sum dst`` (the catalog re-reads and re-hashes
@@ -29,7 +31,7 @@ Parts (each can be skipped by passing 0):
 ``verify`` ``Catalog.verify()`` (full fixity pass) on the small-file and big-file catalogs.
 
 Timings are wall-clock seconds (``time.perf_counter``).  Results go to
-``benchmarks/results/catalog-<date>.md`` (and ``.json``).
+``benchmarks/results/catalog-<date>-<HHMM>-<parts>.md`` (and ``.json``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ def sh(cmd: str) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, shell=True, check=True, executable="/bin/bash")
     return time.perf_counter() - t
+
+
+def settle() -> None:
+    """Write back what earlier steps left dirty (deleted trees, generated data) before a timed
+    run, so that no run pays for the previous one's write-back (untimed)."""
+    os.sync()
+    time.sleep(1.0)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -140,15 +149,18 @@ def bench_small(work: Path, n: int, size: int, repeats: int) -> dict[str, Any]:
     runs: dict[str, list[float]] = {"ref": [], "ref_sync": [], "catalog": []}
     cat = None
     for r in range(repeats):
+        settle()
         runs["ref"].append(sh(ref))
         shutil.rmtree(dst)
         if cat is not None:
             cat.close()
             shutil.rmtree(work / f"small-cat{r - 1}")
         cat = new_catalog(work, f"small-cat{r}")
+        settle()
         took, rep = timed(partial(cat.ingest, [src], "/small", extract=True))
         assert rep.counts == {"added": n}, rep.counts
         runs["catalog"].append(took)
+        settle()
         runs["ref_sync"].append(sh(f"{ref} && sync"))
         shutil.rmtree(dst)
     assert cat is not None
@@ -576,7 +588,12 @@ def main() -> None:
     res["machine"]["load_end"] = os.getloadavg()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"catalog-{res['date'][:10]}"
+    parts = [k for k in ("small", "big") if k in res]
+    if "find" in res:
+        parts.append("find-postgresql" if "PostgreSQL" in res["db"] else "find")
+    stem = out / f"catalog-{res['date'][:10]}-{res['date'][11:16].replace(':', '')}-" + "-".join(
+        parts or ["none"]
+    )
     stem.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
     text = report(res)
     stem.with_suffix(".md").write_text(text + "\n")

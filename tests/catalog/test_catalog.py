@@ -410,3 +410,18 @@ def test_get_copies_and_verifies(cat: Catalog, tmp_path: Path) -> None:
     cat.ingest([src], "/c")
     out = cat.get("/c/big.bin", tmp_path / "dest.bin")
     assert out.read_bytes() == payload
+
+
+def test_text_order_and_like_are_the_same_on_both_databases(cat: Catalog, tmp_path: Path) -> None:
+    # values compare in binary collation on SQLite and PostgreSQL (migration 0002): upper case
+    # sorts before lower case, and a like pattern stays case-insensitive with its prefix range
+    src = write_files(tmp_path / "src", {f"f{i}.txt": str(i).encode() for i in range(4)})
+    cat.ingest([src], "/c", extract=False)
+    for i, fruit in enumerate(["apple", "Banana", "cherry", "APRICOT"]):
+        cat.add_meta(f"/c/f{i}.txt", "fruit", fruit)
+    names = lambda where: sorted(o.name for o in cat.find(where))  # noqa: E731
+    assert names("fruit < 'b'") == ["f0.txt", "f1.txt", "f3.txt"]  # 'B' and 'A' < 'b' < 'c'
+    assert names("fruit >= 'a'") == ["f0.txt", "f2.txt"]
+    assert names("fruit like 'ap%'") == ["f0.txt", "f3.txt"]
+    assert names("fruit like 'BAN%'") == ["f1.txt"]
+    assert [o.name for o in cat.find("fruit like 'a%'", limit=1)] == ["f0.txt"]

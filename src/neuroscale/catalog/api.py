@@ -1784,8 +1784,9 @@ class Catalog:
         # index scan) "drives" (object_id IN its matches); every other comparison is probed
         # per candidate (EXISTS).  With a limit and no selective comparison, nothing drives:
         # the objects are walked in result order and the walk stops after `limit` hits.
-        sqlite = s.get_bind().dialect.name == "sqlite"
-        driver, count = self._driver(s, node, sqlite)
+        # both databases compare metadata values in binary collation (migration 0002), so a
+        # like pattern's literal prefix is an index range on either
+        driver, count = self._driver(s, node, True)
         if limit is not None and count >= FIND_DENSE_ROWS:
             driver = None
         q = (
@@ -1805,7 +1806,7 @@ class Catalog:
                     AVU,
                     correlated=driver is not None or limit is not None,
                     driver=driver,
-                    prefix_ranges=sqlite,
+                    prefix_ranges=True,
                 ),
             )
             .order_by(Collection.path, DataObject.name)
@@ -2113,19 +2114,22 @@ class Catalog:
             if not batch:
                 break
             checked: list[tuple[str, str]] = []
-            for sha, size in batch:
-                if max_objects is not None and done_now >= max_objects:
-                    complete = False
-                    break
-                try:
-                    got = store.hash_stored(sha)
-                    status = "missing" if got is None else "ok" if got == (sha, size) else "corrupt"
-                except UnsafePathError:
-                    status = "corrupt"
-                checked.append((sha, status))
-                done_now += 1
-                if progress is not None:
-                    progress(done_now, sha, status)
+            with store.batch():
+                for sha, size in batch:
+                    if max_objects is not None and done_now >= max_objects:
+                        complete = False
+                        break
+                    try:
+                        got = store.hash_stored(sha)
+                        status = (
+                            "missing" if got is None else "ok" if got == (sha, size) else "corrupt"
+                        )
+                    except UnsafePathError:
+                        status = "corrupt"
+                    checked.append((sha, status))
+                    done_now += 1
+                    if progress is not None:
+                        progress(done_now, sha, status)
             if checked:
                 self._record_checks(run_id, checked)
                 cursor = checked[-1][0]

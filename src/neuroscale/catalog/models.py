@@ -199,7 +199,11 @@ class AVU(Base):
         ForeignKey("collections.id", ondelete="CASCADE"), nullable=True
     )
     attribute: Mapped[str] = mapped_column(String(255))
-    value: Mapped[str] = mapped_column(String(VALUE_LEN))
+    # binary collation on PostgreSQL (SQLite's is binary already): prefix patterns use the
+    # (attribute, value) index and text compares in byte order on both (migration 0002)
+    value: Mapped[str] = mapped_column(
+        String(VALUE_LEN).with_variant(String(VALUE_LEN, collation="C"), "postgresql")
+    )
     value_num: Mapped[float | None] = mapped_column(Float, nullable=True)
     unit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     source: Mapped[str] = mapped_column(String(16), default="user")

@@ -272,7 +272,8 @@ def to_sql(
         ``IN`` form, so the database starts from its (few) matches and probes the others.
     prefix_ranges : bool
         Add to ``like`` patterns with a literal ASCII prefix an index range on the value
-        (:func:`like_range`); only for binary collations (SQLite's default).
+        (:func:`like_range`); only for binary collations (SQLite's default, and the
+        ``avus.value`` column on PostgreSQL since migration 0002).
 
     Returns
     -------
