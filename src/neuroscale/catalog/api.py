@@ -977,9 +977,7 @@ class Catalog:
         return report
 
     @staticmethod
-    def _walk(
-        path: Path, report: IngestReport, name: str | None
-    ) -> list[tuple[Path, str, int]]:
+    def _walk(path: Path, report: IngestReport, name: str | None) -> list[tuple[Path, str, int]]:
         """(file, object name, size in bytes) of every regular file under ``path``."""
         from neuroscale.errors import InputNotFoundError
 
