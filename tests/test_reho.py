@@ -86,6 +86,27 @@ def test_synthetic_matches_brute_force_and_is_lazy() -> None:
     assert got[far].mean() < 0.1
 
 
+def test_long_runs_get_thinner_slabs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the slab size follows the run's length (bytes of time series per task), not only the
+    # Series' chunks: a budget of ~2 x-planes of this run gives more, smaller tasks and the
+    # same W
+    import neuroscale.analysis.reho as reho_mod
+
+    series, _ = synthetic_series(60, (20, 20, 16), n_networks=2, within_corr=0.6,
+                                  chunks=2000, seed=5)
+    default = reho(series)
+    plane = int(series.mask.reshape(20, -1).sum(axis=1).max())
+    monkeypatch.setattr(reho_mod, "REHO_SLAB_BYTES", 2 * plane * 60 * 4)
+    thin = reho(series)
+    assert len(thin.chunks[0]) > len(default.chunks[0])
+    assert max(thin.chunks[0]) <= 4 * plane
+    rec = _LargestResult()
+    with rec:
+        got = thin.compute(scheduler="sync")
+    assert rec.largest <= 6 * plane * 60 * 4  # a slab, its halo and the ranks, not more
+    np.testing.assert_array_equal(got, default.compute(scheduler="sync"))
+
+
 def test_ties_holes_and_isolated_voxels() -> None:
     rng = np.random.default_rng(1)
     mask = rng.random((9, 8, 7)) < 0.6

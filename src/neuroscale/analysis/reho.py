@@ -12,22 +12,44 @@ with ``R_t`` the sum of the ``n`` ranks at time ``t`` and ``T`` the number of ti
 formula of C-PAC's ``CPAC.reho.utils.f_kendall`` (no correction for ties; a voxel with no
 in-mask neighbour gets W = 1).
 
-Blockwise: the Series is rechunked into slabs of whole x-planes
-(:meth:`~neuroscale.image.Series.slab_bounds`); each task holds one slab plus a halo of one
-x-plane on each side (the last plane of the previous slab and the first of the next), so no
-task ever holds the whole run.
+Blockwise: the Series is rechunked into slabs of whole x-planes, each at most
+``REHO_SLAB_BYTES`` of float32 time series (and no larger than the Series' own column chunks);
+each task holds one slab plus a halo of one x-plane on each side (the last plane of the
+previous slab and the first of the next), so no task ever holds the whole run, and a longer
+run gets thinner slabs rather than larger tasks.
 """
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 
 from neuroscale.errors import AnalysisError
 from neuroscale.image import Series
-from neuroscale.kernels.maps import kendall_w_block
+from neuroscale.kernels.maps import kendall_w_ranked, rank_block
 
-__all__ = ["reho"]
+__all__ = ["reho", "REHO_SLAB_BYTES"]
+
+#: Bytes of float32 time series in one ReHo slab (without its halo).  A task holds about four
+#: such arrays at once (its inputs, their concatenation with the halo, the ranks, scipy's
+#: float64 rank batches), so 32 MiB keeps a task near 0.25 GB whatever the run's length.
+REHO_SLAB_BYTES = 32 << 20
+
+
+def _plane_bounds(per_x: np.ndarray, target: int) -> tuple[tuple[int, int], ...]:
+    """Split the x axis into slabs of whole planes holding about ``target`` in-mask voxels
+    (a plane with more is a slab of its own); slabs with no in-mask voxel are dropped."""
+    nx = per_x.shape[0]
+    bounds: list[tuple[int, int]] = []
+    start = acc = 0
+    for x in range(nx):
+        acc += int(per_x[x])
+        if acc >= target and x + 1 < nx:
+            bounds.append((start, x + 1))
+            start, acc = x + 1, 0
+    bounds.append((start, nx))
+    return tuple(b for b in bounds if per_x[b[0] : b[1]].sum() > 0)
 
 
 def reho(series: Series) -> da.Array:
@@ -55,9 +77,13 @@ def reho(series: Series) -> da.Array:
     mask = series.mask
     nx = mask.shape[0]
     per_x = mask.reshape(nx, -1).sum(axis=1)
-    bounds = series.slab_bounds()
+    chunk_cols = max(1, int(np.median(series.data.chunks[1])))
+    bounds = _plane_bounds(per_x, min(chunk_cols, max(1, REHO_SLAB_BYTES // (4 * n_t))))
     counts = tuple(int(per_x[a:b].sum()) for a, b in bounds)
     data = series.data.rechunk({0: -1, 1: counts})
+    # rank each slab once (a task per slab); the W task of a slab then gets the ranks of its
+    # halo planes and itself as separate pieces, copied once into its working array
+    ranks = data.map_blocks(rank_block, dtype=np.float32, meta=np.empty((0, 0), np.float32))
     pieces = []
     for i, (a, b) in enumerate(bounds):
         parts = []
@@ -65,19 +91,16 @@ def reho(series: Series) -> da.Array:
         # halo planes: x = a - 1 is the last plane of slab i - 1 (or empty), x = b the first
         # plane of slab i + 1 (or empty); in C order they are the chunk's last/first columns
         if a > 0 and per_x[a - 1] > 0:
-            parts.append(data.blocks[0, i - 1][:, -int(per_x[a - 1]):])
+            parts.append(ranks.blocks[0, i - 1][:, -int(per_x[a - 1]):])
             lo = a - 1
-        parts.append(data.blocks[0, i])
+        parts.append(ranks.blocks[0, i])
         hi = b
         if b < nx and per_x[b] > 0:
-            parts.append(data.blocks[0, i + 1][:, : int(per_x[b])])
+            parts.append(ranks.blocks[0, i + 1][:, : int(per_x[b])])
             hi = b + 1
-        ext = da.concatenate(parts, axis=1).rechunk({1: -1}) if len(parts) > 1 else parts[0]
-        pieces.append(
-            ext.map_blocks(
-                kendall_w_block, mask[lo:hi], a - lo, b - lo,
-                chunks=(counts[i],), drop_axis=0, dtype=np.float32,
-                meta=np.empty((0,), np.float32),
-            )
+        w = dask.delayed(kendall_w_ranked, pure=True)(
+            [p.to_delayed().ravel()[0] for p in parts], mask[lo:hi], a - lo, b - lo
         )
+        pieces.append(da.from_delayed(w, shape=(counts[i],), dtype=np.float32,
+                                      meta=np.empty((0,), np.float32)))
     return da.concatenate(pieces, axis=0)

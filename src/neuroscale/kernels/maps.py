@@ -15,8 +15,10 @@ __all__ = [
     "alff_block",
     "correlation_tile_degrees",
     "kendall_w_block",
+    "kendall_w_ranked",
     "neighbour_index",
     "pearson_with_seed_block",
+    "rank_block",
     "seed_fisher_z_block",
     "zscore_block",
 ]
@@ -127,6 +129,22 @@ def _ranks(block: np.ndarray) -> np.ndarray:
     return out
 
 
+def rank_block(block: np.ndarray) -> np.ndarray:
+    """Average ranks over time (1..T, ties averaged) of each column of ``block``.
+
+    Parameters
+    ----------
+    block : (n_timepoints, n_voxels) ndarray
+
+    Returns
+    -------
+    (n_timepoints, n_voxels) ndarray of float32
+        ``scipy.stats.rankdata(block, axis=0, method="average")`` (exact in float32: ranks and
+        half ranks below 2**23).
+    """
+    return _ranks(block)
+
+
 def kendall_w_block(block_ext: np.ndarray, mask_ext: np.ndarray, x_lo: int,
                     x_hi: int) -> np.ndarray:
     """Kendall's W (ReHo) of each in-mask voxel of a slab with its in-mask 26 neighbours.
@@ -148,15 +166,43 @@ def kendall_w_block(block_ext: np.ndarray, mask_ext: np.ndarray, x_lo: int,
         ``t`` (average ranks for ties, no tie correction), as C-PAC's ``f_kendall``
         (Zang et al. 2004).
     """
-    n_t = block_ext.shape[0]
+    return kendall_w_ranked([_ranks(block_ext)], mask_ext, x_lo, x_hi)
+
+
+def kendall_w_ranked(ranks_parts: list[np.ndarray], mask_ext: np.ndarray, x_lo: int,
+                     x_hi: int) -> np.ndarray:
+    """:func:`kendall_w_block` from ranks already computed (:func:`rank_block`), given as
+    consecutive column pieces (e.g. the halo plane before the slab, the slab, the plane
+    after it), which are copied once into one array instead of being concatenated first.
+
+    Parameters
+    ----------
+    ranks_parts : list of (n_timepoints, n_i) ndarray of float32
+        Ranks over time of the in-mask voxels of ``mask_ext`` (C order), split in columns.
+    mask_ext : (xs, y, z) ndarray of bool
+    x_lo, x_hi : int
+        As :func:`kendall_w_block`.
+
+    Returns
+    -------
+    (n_center,) ndarray of float32
+        W of each in-mask voxel of the slab proper (see :func:`kendall_w_block`).
+    """
+    n_t = ranks_parts[0].shape[0]
+    n_ext = sum(p.shape[1] for p in ranks_parts)
     nbr = neighbour_index(mask_ext, x_lo, x_hi)
     n_center = nbr.shape[0]
     out = np.zeros(n_center, dtype=np.float32)
     if n_center == 0 or n_t < 2:
         return out
-    ranks = np.zeros((n_t, block_ext.shape[1] + 1), dtype=np.float32)
-    ranks[:, :-1] = _ranks(block_ext)
-    n = (nbr < block_ext.shape[1]).sum(axis=1).astype(np.float64)
+    # one extra zero column: the index of neighbours outside the mask (neighbour_index)
+    ranks = np.empty((n_t, n_ext + 1), dtype=np.float32)
+    ranks[:, -1] = 0.0
+    col = 0
+    for part in ranks_parts:
+        ranks[:, col : col + part.shape[1]] = part
+        col += part.shape[1]
+    n = (nbr < n_ext).sum(axis=1).astype(np.float64)
     denom = n**2 * (float(n_t) ** 3 - n_t)
     for sl in _batches(n_t, n_center):
         rsum = np.zeros((n_t, sl.stop - sl.start), dtype=np.float32)
