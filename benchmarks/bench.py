@@ -59,11 +59,14 @@ LABELS = {
     "gzip_floor": ("(4)", "gzip-decode floor: isal, in-process"),
     "gzip_floor_cli": ("(4)", "gzip-decode floor: `python -m isal.igzip -d -c`"),
     "nilearn_masker": ("(1)", "nilearn NiftiMasker(detrend, zscore_sample).fit_transform"),
-    "ns_ingest": ("(1a)", "neuroscale ingest alone: .nii.gz -> Zarr working copy (open_image)"),
-    "ns_clean_first": ("(1a)", "neuroscale open_image -> to_series -> clean -> Zarr, first pass"),
+    "ns_ingest": ("(1a)", "first pass: .nii.gz -> Zarr working copy (open_image), the pass "
+                          "that reads the gzip"),
+    "ns_clean_first": ("(1a)", "ingest + clean: open_image -> to_series -> clean -> Zarr, "
+                               "from the .nii.gz"),
     "ns_clean_zarr": ("(1b)", "neuroscale ... clean -> Zarr, from the Zarr working copy"),
     "nilearn_labels": ("(2)", "nilearn NiftiLabelsMasker + ConnectivityMeasure(correlation)"),
-    "ns_parcel_first": ("(2a)", "neuroscale parcel_timeseries + correlation_matrices, first pass"),
+    "ns_parcel_first": ("(2a)", "ingest + parcels: open_image -> parcel_timeseries + "
+                                "correlation_matrices, from the .nii.gz"),
     "ns_parcel_zarr": ("(2b)", "neuroscale parcel_timeseries + correlation_matrices, from Zarr"),
     "gemm": ("(3)", "numpy float32 GEMM (n x T @ T x n)"),
     "ns_centrality": ("(3)", "neuroscale degree_centrality (dask, threads)"),

@@ -466,6 +466,12 @@ def parcel_coverage(mask: np.ndarray, atlas: Atlas) -> np.ndarray:
                         np.nan)
 
 
+#: Voxels per float64 piece inside :func:`_parcel_sums_kernel` (bounds its float64 copy).
+SUM_COLUMNS = 1024
+#: Partial (T, L) sums added per task in the reduction over chunks (bounds held partials).
+SPLIT_EVERY = 2
+
+
 def _parcel_sums_kernel(block: np.ndarray, columns: np.ndarray, n_parcels: int) -> np.ndarray:
     """Per-parcel sums of one Series chunk (pure NumPy/SciPy kernel).
 
@@ -486,13 +492,33 @@ def _parcel_sums_kernel(block: np.ndarray, columns: np.ndarray, n_parcels: int) 
     """
     from scipy import sparse
 
-    keep = np.flatnonzero(columns >= 0)
-    indicator = sparse.csr_matrix(
-        (np.ones(keep.size, dtype=np.float64), (columns[keep], keep)),
-        shape=(n_parcels, block.shape[1]),
-    )
-    sums = indicator @ np.asarray(block, dtype=np.float64).T
-    return np.ascontiguousarray(np.asarray(sums).T)
+    n_t, n_v = block.shape
+    out = np.zeros((n_t, n_parcels), dtype=np.float64)
+    # only the parcels present in this chunk (a slab touches a few of them): row k of the
+    # indicator is parcel used[k]
+    used, local = np.unique(columns, return_inverse=True)
+    local = local.reshape(-1) - (1 if used[0] < 0 else 0)
+    used = used[used >= 0]
+    if used.size == 0:
+        return out
+    sums = np.zeros((used.size, n_t), dtype=np.float64)
+    piece = np.empty((min(SUM_COLUMNS, n_v), n_t), dtype=np.float64)
+    # SUM_COLUMNS voxels at a time, through one float64 (voxel, t) buffer: no float64 copy of
+    # the whole chunk, and a C-ordered operand for the sparse product (no hidden copy)
+    for j in range(0, n_v, SUM_COLUMNS):
+        rows = local[j : j + SUM_COLUMNS]
+        keep = np.flatnonzero(rows >= 0)
+        if keep.size == 0:
+            continue
+        indicator = sparse.csr_matrix(
+            (np.ones(keep.size, dtype=np.float64), (rows[keep], keep)),
+            shape=(used.size, rows.size),
+        )
+        xt = piece[: rows.size]
+        xt[...] = block[:, j : j + SUM_COLUMNS].T
+        sums += indicator @ xt
+    out[:, used] = sums.T
+    return out
 
 
 def _sums_to_means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -573,6 +599,9 @@ def parcel_timeseries(series: Series, atlas: Atlas) -> da.Array:
                 meta=np.empty((0, 0), dtype=np.float64),
             )
         )
-    sums = parts[0] if len(parts) == 1 else da.stack(parts, axis=0).sum(axis=0)
+    # a narrow tree (SPLIT_EVERY partials per task, not dask's default 32): each partial is
+    # a (T, L) float64 array, ~3.8 MB for 1200 x 400
+    sums = (parts[0] if len(parts) == 1
+            else da.stack(parts, axis=0).sum(axis=0, split_every=SPLIT_EVERY))
     return sums.map_blocks(_sums_to_means, counts, dtype=np.float32,
                            meta=np.empty((0, 0), dtype=np.float32))

@@ -279,7 +279,7 @@ def process_bold_run(
     from neuroscale.analysis import centrality, denoise, qc, reho, seed
     from neuroscale.analysis.confounds import find_confounds_file
     from neuroscale.analysis.mask import compute_brain_mask, load_mask
-    from neuroscale.image import Series, open_image, values_to_volume
+    from neuroscale.image import Series, open_image, store_series, values_to_volume
     from neuroscale.io.nifti import read_nifti_info, save_nifti
     from neuroscale.io.zarr_cache import ingest_nifti
 
@@ -556,11 +556,9 @@ def process_bold_run(
                 low_pass=config.low_pass, high_pass=config.high_pass, filter=config.filter,
                 confounds=confounds, sample_mask=sample_mask)
             shutil.rmtree(den_store, ignore_errors=True)
-            # Zarr needs regular chunks: the slab chunks are irregular, so even them out
-            # (local split/merge of neighbouring chunks, no shuffle)
-            regular = denoised.data.rechunk({0: -1, 1: max(denoised.data.chunks[1])})
-            into["denoised"] = regular.to_zarr(str(den_store), overwrite=True, compute=False,
-                                               zarr_format=3)
+            # narrow regular Zarr chunks (the slab chunks are irregular): small writes, see
+            # neuroscale.image.store_series; phase C reads the slabs back
+            into["denoised"] = store_series(denoised.data, den_store, compute=False)
 
     if build_confounds:
         conf_path = conf_table_path
@@ -628,8 +626,11 @@ def process_bold_run(
 
     # -- 5. phase C: one graph over the denoised store ---------------------------------------
     if need_phase_c:
-        den_data = da.from_zarr(str(den_store))
-        den_data = den_data.rechunk({0: -1})
+        import zarr
+
+        n_den = int(zarr.open_array(str(den_store), mode="r").shape[0])
+        # one chunk per x-slab of the raw series (all time points), as the data were computed
+        den_data = da.from_zarr(str(den_store), chunks=((n_den,), raw.data.chunks[1]))
         den = Series(data=den_data, mask=mask, affine=image.affine, t_r=t_r,
                      header=info.header, source=bold)
         lazy_c: dict[str, Any] = {}
