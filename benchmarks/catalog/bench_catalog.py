@@ -591,9 +591,8 @@ def main() -> None:
     parts = [k for k in ("small", "big") if k in res]
     if "find" in res:
         parts.append("find-postgresql" if "PostgreSQL" in res["db"] else "find")
-    stem = out / f"catalog-{res['date'][:10]}-{res['date'][11:16].replace(':', '')}-" + "-".join(
-        parts or ["none"]
-    )
+    hhmm = res["date"][11:16].replace(":", "")
+    stem = out / f"catalog-{res['date'][:10]}-{hhmm}-{'-'.join(parts or ['none'])}"
     stem.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
     text = report(res)
     stem.with_suffix(".md").write_text(text + "\n")
