@@ -425,3 +425,28 @@ def test_text_order_and_like_are_the_same_on_both_databases(cat: Catalog, tmp_pa
     assert names("fruit like 'ap%'") == ["f0.txt", "f3.txt"]
     assert names("fruit like 'BAN%'") == ["f1.txt"]
     assert [o.name for o in cat.find("fruit like 'a%'", limit=1)] == ["f0.txt"]
+
+
+def test_find_with_limit_walks_in_order(
+    cat: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every comparison counted as dense: the limit is reached by walking the objects in
+    # (collection path, name) order (PostgreSQL: one LATERAL walk per collection); the result
+    # must be the first `limit` rows of the unlimited answer, whatever the plan
+    import neuroscale.catalog.api as api_mod
+
+    for c in ("b", "a", "a/sub"):
+        src = write_files(tmp_path / c, {f"f{i:02d}.txt": f"{c}{i}".encode() for i in range(12)})
+        cat.ingest([src], f"/{c}", extract=False)
+        for i in range(12):
+            cat.add_meta(f"/{c}/f{i:02d}.txt", "run", i % 3)
+            cat.add_meta(f"/{c}/f{i:02d}.txt", "task", "rest" if i % 2 else "oneback")
+    monkeypatch.setattr(api_mod, "FIND_DENSE_ROWS", 0)
+    for where in ("task = 'oneback' and run < 2", "has run", "run = 1 or task = 'rest'"):
+        full = [o.path for o in cat.find(where)]
+        assert full == sorted(full, key=lambda p: (p.rsplit("/", 1)[0], p.rsplit("/", 1)[1]))
+        for limit in (1, 5, 13, 100):
+            assert [o.path for o in cat.find(where, limit=limit)] == full[:limit], (where, limit)
+        assert [o.path for o in cat.find(where, collection="/a", limit=7)] == [
+            p for p in full if p.startswith("/a/")
+        ][:7]

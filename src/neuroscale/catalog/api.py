@@ -1787,6 +1787,8 @@ class Catalog:
         driver, count = self._driver(s, node, True)
         if limit is not None and count >= FIND_DENSE_ROWS:
             driver = None
+        if driver is None and limit is not None and s.get_bind().dialect.name == "postgresql":
+            return self._find_walk_lateral(node, readable, int(limit))
         q = (
             select(
                 Collection.path,
@@ -1812,6 +1814,34 @@ class Catalog:
         if limit is not None:
             q = q.limit(int(limit))
         return q
+
+    @staticmethod
+    def _find_walk_lateral(node: Any, readable: list[int], limit: int) -> Any:
+        """PostgreSQL form of a dense query with a limit: collections in path order, and in
+        each (``LATERAL``) its objects in name order through the ``(collection_id, name)``
+        index, probing the metadata per object and stopping at ``limit``; the planner's
+        own plan for the flat query sorted a whole collection before the limit (2.7 s at
+        1,000,000 objects).  SQLite walks the flat query this way by itself."""
+        from sqlalchemy import true
+
+        inner = (
+            select(DataObject.name, DataObject.sha256, DataObject.size, DataObject.created)
+            .where(
+                DataObject.collection_id == Collection.id,
+                to_sql(node, DataObject.id, AVU, correlated=True, prefix_ranges=True),
+            )
+            .order_by(DataObject.name)
+            .limit(limit)
+            .lateral("hits")
+        )
+        return (
+            select(Collection.path, inner.c.name, inner.c.sha256, inner.c.size, inner.c.created)
+            .select_from(Collection)
+            .join(inner, true())
+            .where(Collection.id.in_(readable))
+            .order_by(Collection.path, inner.c.name)
+            .limit(limit)
+        )
 
     @staticmethod
     def _driver(s: Session, node: Any, prefix_ranges: bool) -> tuple[Any, int]:
