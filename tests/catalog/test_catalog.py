@@ -450,3 +450,33 @@ def test_find_with_limit_walks_in_order(
         assert [o.path for o in cat.find(where, collection="/a", limit=7)] == [
             p for p in full if p.startswith("/a/")
         ][:7]
+
+
+def test_walk_over_budget_falls_back_to_the_flat_query(
+    cat: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import func, literal, select
+
+    import neuroscale.catalog.api as api_mod
+
+    with cat.engine.connect() as conn:
+        if conn.dialect.name != "postgresql":
+            pytest.skip("the walk budget is PostgreSQL's statement_timeout")
+    monkeypatch.setattr(api_mod, "FIND_WALK_BUDGET_MS", 20)
+    with cat._sessions() as s, s.begin():
+        slow = select(literal("walk"), func.pg_sleep(0.5))
+        flat = select(literal("flat"), literal(1))
+        assert [tuple(r) for r in Catalog._run_walk(s, slow, flat)] == [("flat", 1)]
+        fast = select(literal("walk"), literal(2))
+        assert [tuple(r) for r in Catalog._run_walk(s, fast, flat)] == [("walk", 2)]
+        # the budget does not outlive the walk
+        assert s.execute(select(func.current_setting("statement_timeout"))).scalar() == "0"
+    # and find() gives the same answer whichever ran
+    src = write_files(tmp_path / "c", {f"f{i:02d}.txt": str(i).encode() for i in range(9)})
+    cat.ingest([src], "/c", extract=False)
+    for i in range(9):
+        cat.add_meta(f"/c/f{i:02d}.txt", "run", i % 3)
+    monkeypatch.setattr(api_mod, "FIND_DENSE_ROWS", 0)
+    full = [o.path for o in cat.find("run < 2")]
+    monkeypatch.setattr(api_mod, "FIND_WALK_BUDGET_MS", 1)
+    assert [o.path for o in cat.find("run < 2", limit=4)] == full[:4]

@@ -132,6 +132,9 @@ BAD_CHECKS = ("corrupt", "missing")
 #: A comparison matching fewer triples than this makes a limited ``find`` start from its
 #: matches; when all match more, ``find`` walks objects in result order instead.
 FIND_DENSE_ROWS = 10000
+#: PostgreSQL: time (ms) an ordered walk of a dense query may take before the flat query
+#: answers instead (see ``Catalog._run_walk``).
+FIND_WALK_BUDGET_MS = 150
 
 
 def _table(model: Any) -> Table:
@@ -1755,17 +1758,46 @@ class Catalog:
         """
         node = parse_query(where)
         with self._sessions() as s, s.begin():
-            q = self._find_query(s, node, collection, limit)
+            q, fallback = self._find_plan(s, node, collection, limit)
             if q is None:
                 return []
+            rows = self._run_walk(s, q, fallback) if fallback is not None else s.execute(q).all()
             return [
                 ObjectInfo(_object_path(path, name), path, name, sha, size, created)
-                for path, name, sha, size, created in s.execute(q)
+                for path, name, sha, size, created in rows
             ]
+
+    @staticmethod
+    def _run_walk(s: Session, walk: Any, flat: Any) -> list[Any]:
+        """Run the ordered walk of a dense query within ``FIND_WALK_BUDGET_MS`` (PostgreSQL's
+        ``statement_timeout`` inside a savepoint); when the comparisons are dense one by one
+        but their combination is rare, the walk would read most objects, so past the budget
+        the flat query (hash joins over the matches) answers instead."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            with s.begin_nested():
+                s.execute(text(f"SET LOCAL statement_timeout = {int(FIND_WALK_BUDGET_MS)}"))
+                rows = s.execute(walk).all()
+                s.execute(text("SET LOCAL statement_timeout TO DEFAULT"))
+                return list(rows)
+        except OperationalError as exc:
+            if "statement timeout" not in str(exc):
+                raise
+        return list(s.execute(flat).all())
 
     def _find_query(self, s: Session, node: Any, collection: str | None, limit: int | None) -> Any:
         """The SELECT of :meth:`find`: (collection path, name, sha256, size, created) rows;
         None when the caller can read no collection."""
+        return self._find_plan(s, node, collection, limit)[0]
+
+    def _find_plan(
+        self, s: Session, node: Any, collection: str | None, limit: int | None
+    ) -> tuple[Any, Any]:
+        """(query, fallback): :meth:`_find_query`'s SELECT, and the flat form to run instead
+        when the walk of a dense PostgreSQL query exceeds ``FIND_WALK_BUDGET_MS`` (None
+        otherwise)."""
         levels = self._levels(s, self._me(s, required=False))
         readable = [cid for cid, lv in levels.items() if lv >= READ]
         if collection is not None:
@@ -1777,7 +1809,7 @@ class Catalog:
             }
             readable = [c for c in readable if c in allowed]
         if not readable:
-            return None
+            return None, None
         # Plan: the most selective comparison every match must satisfy (counted with a capped
         # index scan) "drives" (object_id IN its matches); every other comparison is probed
         # per candidate (EXISTS).  With a limit and no selective comparison, nothing drives:
@@ -1787,8 +1819,9 @@ class Catalog:
         driver, count = self._driver(s, node, True)
         if limit is not None and count >= FIND_DENSE_ROWS:
             driver = None
+        walk = None
         if driver is None and limit is not None and s.get_bind().dialect.name == "postgresql":
-            return self._find_walk_lateral(node, readable, int(limit))
+            walk = self._find_walk_lateral(node, readable, int(limit))
         q = (
             select(
                 Collection.path,
@@ -1813,7 +1846,7 @@ class Catalog:
         )
         if limit is not None:
             q = q.limit(int(limit))
-        return q
+        return (q, None) if walk is None else (walk, q)
 
     @staticmethod
     def _find_walk_lateral(node: Any, readable: list[int], limit: int) -> Any:
