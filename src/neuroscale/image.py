@@ -451,11 +451,18 @@ class Series:
         data = self.data.map_blocks(func, *args, dtype=dtype, **kwargs)
         return self.with_data(data)
 
-    def slab_bounds(self) -> tuple[tuple[int, int], ...]:
-        """x-slab bounds such that chunk ``i`` after :meth:`align_to_slabs` covers slab ``i``."""
+    def slab_bounds(self, max_voxels: int | None = None) -> tuple[tuple[int, int], ...]:
+        """x-slab bounds such that chunk ``i`` after :meth:`align_to_slabs` covers slab ``i``.
+
+        Slabs of whole x-planes hold about the median column chunk in in-mask voxels, or at most
+        ``max_voxels`` when given (a plane with more is a slab of its own); slabs with no
+        in-mask voxel are dropped.
+        """
         nx = self.mask.shape[0]
         per_x = self.mask.reshape(nx, -1).sum(axis=1)
         target = max(1, int(np.median(self.data.chunks[1])))
+        if max_voxels is not None:
+            target = min(target, max(1, int(max_voxels)))
         bounds: list[tuple[int, int]] = []
         start = 0
         acc = 0

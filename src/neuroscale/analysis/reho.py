@@ -37,21 +37,6 @@ __all__ = ["reho", "REHO_SLAB_BYTES"]
 REHO_SLAB_BYTES = 32 << 20
 
 
-def _plane_bounds(per_x: np.ndarray, target: int) -> tuple[tuple[int, int], ...]:
-    """Split the x axis into slabs of whole planes holding about ``target`` in-mask voxels
-    (a plane with more is a slab of its own); slabs with no in-mask voxel are dropped."""
-    nx = per_x.shape[0]
-    bounds: list[tuple[int, int]] = []
-    start = acc = 0
-    for x in range(nx):
-        acc += int(per_x[x])
-        if acc >= target and x + 1 < nx:
-            bounds.append((start, x + 1))
-            start, acc = x + 1, 0
-    bounds.append((start, nx))
-    return tuple(b for b in bounds if per_x[b[0] : b[1]].sum() > 0)
-
-
 def reho(series: Series) -> da.Array:
     """ReHo (Kendall's W over the 27-voxel neighbourhood) of every in-mask voxel, lazily.
 
@@ -77,8 +62,7 @@ def reho(series: Series) -> da.Array:
     mask = series.mask
     nx = mask.shape[0]
     per_x = mask.reshape(nx, -1).sum(axis=1)
-    chunk_cols = max(1, int(np.median(series.data.chunks[1])))
-    bounds = _plane_bounds(per_x, min(chunk_cols, max(1, REHO_SLAB_BYTES // (4 * n_t))))
+    bounds = series.slab_bounds(max_voxels=REHO_SLAB_BYTES // (4 * n_t))
     counts = tuple(int(per_x[a:b].sum()) for a, b in bounds)
     data = series.data.rechunk({0: -1, 1: counts})
     # rank each slab once (a task per slab); the W task of a slab then gets the ranks of its

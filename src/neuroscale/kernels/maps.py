@@ -119,16 +119,6 @@ def neighbour_index(mask_ext: np.ndarray, x_lo: int, x_hi: int) -> np.ndarray:
     return out
 
 
-def _ranks(block: np.ndarray) -> np.ndarray:
-    """Average ranks (1..T, ties averaged) of each column, float32 (exact: halves < 2**23)."""
-    from scipy.stats import rankdata
-
-    out = np.empty(block.shape, dtype=np.float32)
-    for sl in _batches(*block.shape):
-        out[:, sl] = rankdata(block[:, sl], axis=0, method="average")
-    return out
-
-
 def rank_block(block: np.ndarray) -> np.ndarray:
     """Average ranks over time (1..T, ties averaged) of each column of ``block``.
 
@@ -142,7 +132,12 @@ def rank_block(block: np.ndarray) -> np.ndarray:
         ``scipy.stats.rankdata(block, axis=0, method="average")`` (exact in float32: ranks and
         half ranks below 2**23).
     """
-    return _ranks(block)
+    from scipy.stats import rankdata
+
+    out = np.empty(block.shape, dtype=np.float32)
+    for sl in _batches(*block.shape):
+        out[:, sl] = rankdata(block[:, sl], axis=0, method="average")
+    return out
 
 
 def kendall_w_block(block_ext: np.ndarray, mask_ext: np.ndarray, x_lo: int,
@@ -166,7 +161,7 @@ def kendall_w_block(block_ext: np.ndarray, mask_ext: np.ndarray, x_lo: int,
         ``t`` (average ranks for ties, no tie correction), as C-PAC's ``f_kendall``
         (Zang et al. 2004).
     """
-    return kendall_w_ranked([_ranks(block_ext)], mask_ext, x_lo, x_hi)
+    return kendall_w_ranked([rank_block(block_ext)], mask_ext, x_lo, x_hi)
 
 
 def kendall_w_ranked(ranks_parts: list[np.ndarray], mask_ext: np.ndarray, x_lo: int,
