@@ -33,13 +33,16 @@ def _reference(path: Path, mask: np.ndarray) -> np.ndarray:
     return data[mask].T
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-shards", "through-zarr"])
 @pytest.mark.parametrize("read_block_bytes", [1, 40_000, 2**40])
 def test_series_from_store_equals_nibabel(run: tuple[Path, Path, np.ndarray],
-                                          read_block_bytes: int,
+                                          read_block_bytes: int, direct: bool,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Reading each slab in one or many time blocks gives nibabel's scaled values."""
+    """Reading each slab in one or many time blocks, through zarr or straight from the shards,
+    gives nibabel's scaled values."""
     path, cache, mask = run
     monkeypatch.setattr(image_mod, "READ_BLOCK_BYTES", read_block_bytes)
+    monkeypatch.setattr(image_mod, "DIRECT_READS", direct)
     img = open_image(path, cache_dir=cache)
     series = img.to_series(mask)
     # one chunk per stored x-slab holding in-mask voxels, all time points in each

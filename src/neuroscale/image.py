@@ -94,6 +94,10 @@ _MASK_ROWS = 64
 #: Largest raw read inside :func:`_read_masked_slab`, bytes (a slab is read in a few even
 #: time blocks: fewer Zarr calls cost less CPU, smaller blocks less memory).
 READ_BLOCK_BYTES = 16 * 2**20
+#: Read the working copy's shards directly (:mod:`neuroscale.io.shards`) where its layout
+#: allows, rather than through zarr-python's per-chunk path (False: always through zarr).
+DIRECT_READS = True
+
 #: Target size of one stored chunk when a Series is written to Zarr (float32), bytes.
 SERIES_STORE_CHUNK_BYTES = 4 * 2**20
 
@@ -144,13 +148,16 @@ def _read_masked_slab(store: str, a: int, b: int, mask_slab: np.ndarray, slope: 
     """
     import zarr
 
-    arr = zarr.open_array(store, path="data", mode="r")
+    from neuroscale.io.shards import ShardedArray
+
+    direct = ShardedArray.open(Path(store) / "data") if DIRECT_READS else None
+    arr: Any = direct if direct is not None else zarr.open_array(store, path="data", mode="r")
     nt = int(arr.shape[0])
     sel = np.flatnonzero(mask_slab.reshape(-1))
     out = np.empty((nt, sel.size), dtype=np.float32)
     for t0 in range(0, nt, t_block):
         t1 = min(nt, t0 + t_block)
-        raw = np.asarray(arr[t0:t1, a:b])
+        raw = direct.read(t0, t1, a, b) if direct is not None else np.asarray(arr[t0:t1, a:b])
         out[t0:t1] = np.take(raw.reshape(t1 - t0, -1), sel, axis=1)  # faster than [:, sel]
         del raw
     if slope != 1.0:

@@ -1,0 +1,142 @@
+"""Direct shard reads of the working copy (neuroscale.io.shards) against zarr-python itself:
+same values for any region, fill values for chunks never written, corruption detected, and
+any other layout refused (callers then read through zarr)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from neuroscale.errors import CorruptedFileError
+from neuroscale.io.shards import ShardedArray
+from neuroscale.io.zarr_cache import ingest_nifti
+from neuroscale.testing import write_synthetic_bold
+
+
+def _array(path: Path, data: np.ndarray, t_chunk: int, x_chunk: int,
+           compressors: object = "blosc") -> zarr.Array:
+    """A working-copy-shaped array: shards of whole volumes, inner chunks of x-planes."""
+    nt, nx, ny, nz = data.shape
+    comp = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle") if compressors == "blosc" \
+        else compressors
+    arr = zarr.create_array(store=str(path), shape=data.shape, dtype=data.dtype,
+                            shards=(t_chunk, -(-nx // x_chunk) * x_chunk, ny, nz),
+                            chunks=(t_chunk, x_chunk, ny, nz), compressors=comp, fill_value=0,
+                            zarr_format=3)
+    arr[...] = data
+    return arr
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """11 x-planes in inner chunks of 3 (the last one padded), 23 volumes in shards of 5
+    (the last one partial), one inner chunk and one whole shard all zero (never written)."""
+    rng = np.random.default_rng(7)
+    data = rng.integers(-2000, 30000, size=(23, 11, 6, 4)).astype(np.int16)
+    data[5:10, 3:6] = 0  # inner chunk 1 of shard 1: zarr does not write it
+    data[15:20] = 0  # shard 3: no file at all
+    path = tmp_path_factory.mktemp("shards") / "a.zarr"
+    _array(path, data, t_chunk=5, x_chunk=3)
+    assert not (path / "c" / "3" / "0" / "0" / "0").exists()
+    return path, data
+
+
+@pytest.mark.parametrize("region", [(0, 23, 0, 11), (0, 23, 4, 5), (3, 17, 2, 8),
+                                    (5, 10, 3, 6), (15, 20, 0, 11), (22, 23, 10, 11),
+                                    (7, 8, 0, 1)])
+def test_read_equals_zarr(stored: tuple[Path, np.ndarray], region: tuple[int, ...]) -> None:
+    path, data = stored
+    t0, t1, a, b = region
+    direct = ShardedArray.open(path)
+    assert direct is not None and (direct.shard_t, direct.inner_x, direct.n_inner) == (5, 3, 4)
+    got = direct.read(t0, t1, a, b)
+    ref = np.asarray(zarr.open_array(str(path), mode="r")[t0:t1, a:b])
+    assert got.dtype == np.int16 and got.shape == (t1 - t0, b - a, 6, 4)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(got, data[t0:t1, a:b])
+
+
+def test_read_into_out_and_bad_regions(stored: tuple[Path, np.ndarray]) -> None:
+    path, data = stored
+    direct = ShardedArray.open(path)
+    assert direct is not None
+    out = np.full((4, 2, 6, 4), -1, dtype=np.int16)
+    assert direct.read(1, 5, 9, 11, out=out) is out
+    np.testing.assert_array_equal(out, data[1:5, 9:11])
+    with pytest.raises(ValueError, match="outside"):
+        direct.read(0, 24, 0, 1)
+    with pytest.raises(ValueError, match="out must be"):
+        direct.read(0, 3, 9, 11, out=out)
+
+
+def test_working_copy_of_a_nifti(tmp_path: Path) -> None:
+    """The layout ingest_nifti writes is taken on the direct path and reads the same."""
+    nii = tmp_path / "bold.nii.gz"
+    write_synthetic_bold(nii, shape=(13, 10, 7, 41), seed=1)
+    store = ingest_nifti(nii, tmp_path / "cache", t_chunk=6, x_chunk=2)
+    direct = ShardedArray.open(store / "data")
+    assert direct is not None and direct.codec == "blosc"
+    ref = np.asarray(zarr.open_array(str(store), path="data", mode="r")[:])
+    np.testing.assert_array_equal(direct.read(0, 41, 0, 13), ref)
+    np.testing.assert_array_equal(direct.read(11, 30, 5, 8), ref[11:30, 5:8])
+
+
+def test_uncompressed_inner_chunks(tmp_path: Path) -> None:
+    data = np.arange(6 * 4 * 3 * 2, dtype=np.float32).reshape(6, 4, 3, 2)
+    _array(tmp_path / "raw.zarr", data, t_chunk=4, x_chunk=2, compressors=None)
+    direct = ShardedArray.open(tmp_path / "raw.zarr")
+    assert direct is not None and direct.codec == "raw"
+    np.testing.assert_array_equal(direct.read(0, 6, 1, 4), data[:, 1:4])
+
+
+def test_other_layouts_are_refused(tmp_path: Path) -> None:
+    """Anything but the working copy's layout goes through zarr (open() returns None)."""
+    data = np.ones((6, 4, 3, 2), dtype=np.int16)
+    _array(tmp_path / "zstd.zarr", data, t_chunk=3, x_chunk=2, compressors=ZstdCodec())
+    plain = zarr.create_array(store=str(tmp_path / "plain.zarr"), shape=data.shape,
+                              chunks=(3, 2, 3, 2), dtype=data.dtype, zarr_format=3)
+    plain[...] = data
+    # shards that do not span whole volumes
+    part = zarr.create_array(store=str(tmp_path / "part.zarr"), shape=data.shape,
+                             shards=(3, 4, 3, 1), chunks=(3, 2, 3, 1), dtype=data.dtype,
+                             zarr_format=3)
+    part[...] = data
+    v2 = zarr.create_array(store=str(tmp_path / "v2.zarr"), shape=data.shape,
+                           chunks=(3, 2, 3, 2), dtype=data.dtype, zarr_format=2)
+    v2[...] = data
+    for name in ("zstd.zarr", "plain.zarr", "part.zarr", "v2.zarr", "missing.zarr"):
+        assert ShardedArray.open(tmp_path / name) is None, name
+
+
+def _corrupt(path: Path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_corrupted_index_and_chunk_are_reported(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 1000, size=(8, 4, 5, 3)).astype(np.int16)
+    path = tmp_path / "c.zarr"
+    _array(path, data, t_chunk=4, x_chunk=2)
+    shard = path / "c" / "1" / "0" / "0" / "0"
+    direct = ShardedArray.open(path)
+    assert direct is not None
+    _corrupt(shard, shard.stat().st_size - 10)  # inside the index
+    with pytest.raises(CorruptedFileError, match="crc32c"):
+        direct.read(4, 8, 0, 4)
+    np.testing.assert_array_equal(direct.read(0, 4, 0, 4), data[:4])  # shard 0 intact
+    _corrupt(shard, shard.stat().st_size - 10)  # repaired
+    np.testing.assert_array_equal(direct.read(4, 8, 0, 4), data[4:])
+    _corrupt(shard, 2)  # blosc header of the first inner chunk
+    with pytest.raises(CorruptedFileError):
+        direct.read(4, 8, 0, 2)
+    shard.write_bytes(shard.read_bytes()[:10])  # truncated shard
+    with pytest.raises(CorruptedFileError, match="shorter than its index"):
+        direct.read(4, 8, 0, 2)
