@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,15 @@ _EMPTY = 2**64 - 1
 #: Shards opened (and read ahead) together by one read: bounds the open files per thread.
 PREFETCH_SHARDS = 16
 _INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+
+
+_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+
+def _blosc_settings(codecs: list[dict[str, Any]]) -> tuple[str, int, int, int]:
+    conf = codecs[-1].get("configuration", {}) if codecs[-1].get("name") == "blosc" else {}
+    return (str(conf.get("cname", "lz4")), int(conf.get("clevel", 5)),
+            _SHUFFLE.get(str(conf.get("shuffle", "shuffle")), 1), int(conf.get("blocksize", 0)))
 
 
 def _inner_codecs_ok(codecs: list[dict[str, Any]]) -> str | None:
@@ -84,6 +94,9 @@ class ShardedArray:
         Inner chunk encoding.
     fill_value : int or float
         Value of chunks never written.
+    blosc : (cname, clevel, shuffle, blocksize)
+        Blosc settings of the inner chunks (for :meth:`write_shard`; shuffle 0/1/2 = none /
+        byte / bit).
     """
 
     path: Path
@@ -94,6 +107,7 @@ class ShardedArray:
     n_inner: int
     codec: str
     fill_value: Any
+    blosc: tuple[str, int, int, int] = ("lz4", 5, 1, 0)
 
     @classmethod
     def open(cls, path: str | Path) -> ShardedArray | None:
@@ -132,10 +146,11 @@ class ShardedArray:
             if conf.get("index_location", "end") != "end" or conf["index_codecs"] != _INDEX_CODECS:
                 return None
             codec = _inner_codecs_ok(conf["codecs"])
+            settings = _blosc_settings(conf["codecs"]) if codec == "blosc" else ("lz4", 5, 1, 0)
             dtype = np.dtype(meta["data_type"]).newbyteorder("<")
             shard = [int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"]]
             inner = [int(s) for s in conf["chunk_shape"]]
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, IndexError):
             return None
         if codec is None or dtype.kind not in "iuf":
             return None
@@ -149,7 +164,7 @@ class ShardedArray:
             return None
         return cls(path=path, shape=(shape[0], shape[1], shape[2], shape[3]), dtype=dtype,
                    shard_t=shard[0], inner_x=inner[1], n_inner=shard[1] // inner[1],
-                   codec=codec, fill_value=fill)
+                   codec=codec, fill_value=fill, blosc=settings)
 
     # ------------------------------------------------------------------------------------
     def _shard_file(self, s: int) -> Path:
@@ -275,3 +290,71 @@ class ShardedArray:
             for _, fd, _sub, _name in opened:
                 if fd >= 0:
                     os.close(fd)
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def inner_shape(self) -> tuple[int, int, int, int]:
+        """Shape of one inner chunk, ``(shard_t, inner_x, y, z)``."""
+        return (self.shard_t, self.inner_x, self.shape[2], self.shape[3])
+
+    def write_shard(self, s: int, chunks: Iterable[np.ndarray]) -> int:
+        """Encode the inner chunks of shard ``s`` and write the shard file (index last).
+
+        Every inner chunk is written, even one holding only the fill value (valid Zarr; zarr
+        itself leaves those out).  The file is written in place: callers write into a
+        directory that is renamed into place once complete (see
+        :func:`neuroscale.io.atomic.atomic_path`).
+
+        Parameters
+        ----------
+        s : int
+            Shard number along time (volumes ``s * shard_t`` onwards).
+        chunks : iterable of ndarray, each shape :attr:`inner_shape`, the stored dtype
+            The :attr:`n_inner` inner chunks in x order, volumes past the end of the run
+            holding the fill value.  Each is encoded before the next is taken, so one buffer
+            can be refilled and yielded again.
+
+        Returns
+        -------
+        int
+            Bytes written.
+
+        Raises
+        ------
+        ValueError
+            Wrong number, shape or dtype of chunks, or ``s`` outside the shard grid.
+        """
+        import google_crc32c
+
+        if not 0 <= s < -(-self.shape[0] // self.shard_t):
+            raise ValueError(f"shard {s} is outside the grid of {self.shape[0]} volumes")
+        parts: list[bytes] = []
+        index = np.empty((self.n_inner, 2), dtype="<u8")
+        offset = 0
+        for k, chunk in enumerate(chunks):
+            if k >= self.n_inner:
+                raise ValueError(f"more than {self.n_inner} inner chunks for one shard")
+            if chunk.shape != self.inner_shape or chunk.dtype != self.dtype:
+                raise ValueError(f"inner chunk must be {self.inner_shape} {self.dtype}, "
+                                 f"got {chunk.shape} {chunk.dtype}")
+            encoded = self._encode(np.ascontiguousarray(chunk))
+            index[k] = (offset, len(encoded))
+            offset += len(encoded)
+            parts.append(encoded)
+        if len(parts) != self.n_inner:
+            raise ValueError(f"shard needs {self.n_inner} inner chunks, got {len(parts)}")
+        raw_index = index.tobytes()
+        parts.append(raw_index + google_crc32c.value(raw_index).to_bytes(4, "little"))
+        name = self._shard_file(s)
+        name.parent.mkdir(parents=True, exist_ok=True)
+        with open(name, "wb") as fh:
+            fh.writelines(parts)
+        return offset + len(parts[-1])
+
+    def _encode(self, chunk: np.ndarray) -> bytes:
+        if self.codec == "raw":
+            return chunk.tobytes()
+        from numcodecs import blosc
+
+        cname, clevel, shuffle, blocksize = self.blosc
+        return bytes(blosc.compress(chunk, cname.encode(), clevel, shuffle, blocksize))
