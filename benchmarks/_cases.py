@@ -97,16 +97,26 @@ def _rmtree(path: str | Path) -> None:
 
 @case("gzip_floor")
 def gzip_floor(cfg: Config) -> dict[str, Any]:
-    """Decompress the .nii.gz with isal in-process, into a reused 16 MiB buffer."""
+    """Decompress the .nii.gz with isal in-process, 512 KiB at a time into a reused buffer.
+
+    512 KiB steps (isal's own read size, what the ingest's decoder uses) inflate ~20 %
+    faster than 16 MiB ``readinto`` calls on this machine: the floor is the fastest decode.
+    """
     import isal.igzip as igzip
 
+    step = 512 << 10
     buf = bytearray(16 << 20)
     view = memoryview(buf)
     total = 0
     t0 = time.perf_counter()
     with igzip.open(cfg["bold"], "rb") as fh:
-        while n := fh.readinto(view):
-            total += n
+        while True:
+            filled = 0
+            while filled < len(view) and (n := fh.readinto(view[filled : filled + step])):
+                filled += n
+            total += filled
+            if filled < len(view):
+                break
     dt = time.perf_counter() - t0
     return {"seconds": dt, "extra": {"bytes_out": total, "mb_per_s": total / dt / 1e6}}
 

@@ -64,6 +64,8 @@ N_STREAM_BUFFERS = 3
 #: Compress the working copy's chunks (blosc-lz4 + byte shuffle) or store them raw.
 COMPRESS = True
 _HASH_READ_BYTES = 4 * 2**20
+#: Bytes inflated per ``readinto`` call of the decoder (isal's own read buffer size).
+_DECODE_STEP = 512 * 2**10
 #: Write the shards directly (:meth:`neuroscale.io.shards.ShardedArray.write_shard`) rather
 #: than through zarr-python (False: through zarr; same store either way).
 DIRECT_WRITES = True
@@ -165,7 +167,9 @@ def _read_blocks(stream: Any, info: NiftiInfo, t_chunk: int, out: queue.Queue,
             view = memoryview(buf)[: n * vb]
             filled = 0
             while filled < len(view):
-                got = stream.readinto(view[filled:])
+                # in steps of _DECODE_STEP: isal inflates ~20 % faster into a small, cache-warm
+                # window than into a whole 32 MiB block at once
+                got = stream.readinto(view[filled : filled + _DECODE_STEP])
                 if not got:
                     raise TruncatedDataError(
                         f"truncated data: ended in volume {t0 + filled // vb} of {nt}", info.path
