@@ -12,7 +12,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from neuroscale.errors import CorruptedFileError
-from neuroscale.io.shards import ShardedArray
+from neuroscale.io.shards import ColumnChunkedArray, ShardedArray
 from neuroscale.io.zarr_cache import ingest_nifti
 from neuroscale.testing import write_synthetic_bold
 
@@ -192,3 +192,70 @@ def test_write_shard_checks_its_input(stored: tuple[Path, np.ndarray], tmp_path:
     dst.write_shard(1, (block[:, k * 3 : (k + 1) * 3] for k in range(4)))
     np.testing.assert_array_equal(np.asarray(zarr.open_array(str(copy), mode="r")[5:10]),
                                   data[5:10])
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "through-zarr"])
+def test_series_store_round_trip(tmp_path: Path, direct: bool,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """store_series writes what zarr reads (an edge chunk narrower than the rest included),
+    and read_series_store gives it back in any column chunks, written either way."""
+    import dask.array as da
+
+    import neuroscale.image as image_mod
+    from neuroscale.image import read_series_store, store_series
+
+    monkeypatch.setattr(image_mod, "SERIES_STORE_CHUNK_BYTES", 4 * 17 * 10)  # 10 columns
+    monkeypatch.setattr(image_mod, "DIRECT_WRITES", direct)
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(17, 93)).astype(np.float32)
+    values[:, 20:30] = 0  # a chunk of fill values
+    data = da.from_array(values, chunks=(17, (40, 7, 46)))
+    store_series(data, tmp_path / "s.zarr")
+    np.testing.assert_array_equal(np.asarray(zarr.open_array(str(tmp_path / "s.zarr"))[:]),
+                                  values)
+    layout = ColumnChunkedArray.open(tmp_path / "s.zarr")
+    assert layout is not None and layout.width == 10 and layout.shape == (17, 93)
+    np.testing.assert_array_equal(layout.read(5, 93), values[:, 5:])
+    back = read_series_store(tmp_path / "s.zarr", chunks=((17,), (40, 7, 46)))
+    assert back.chunks == ((17,), (40, 7, 46))
+    np.testing.assert_array_equal(back.compute(), values)
+    np.testing.assert_array_equal(read_series_store(tmp_path / "s.zarr").compute(), values)
+    with pytest.raises(ValueError, match="do not cover"):
+        read_series_store(tmp_path / "s.zarr", chunks=((17,), (40, 7)))
+
+
+def test_series_store_lazy_write(tmp_path: Path) -> None:
+    """compute=False writes nothing until the returned collection is computed."""
+    import dask
+    import dask.array as da
+
+    from neuroscale.image import store_series
+
+    values = np.arange(6 * 50, dtype=np.float32).reshape(6, 50)
+    lazy = store_series(da.from_array(values, chunks=(6, 20)), tmp_path / "s.zarr",
+                        compute=False)
+    assert not (tmp_path / "s.zarr" / "c").exists()
+    dask.compute(lazy)
+    np.testing.assert_array_equal(np.asarray(zarr.open_array(str(tmp_path / "s.zarr"))[:]),
+                                  values)
+
+
+def test_column_chunks_check_their_input(tmp_path: Path) -> None:
+    arr = zarr.create_array(store=str(tmp_path / "c.zarr"), shape=(4, 25), chunks=(4, 10),
+                            dtype=np.float32, zarr_format=3,
+                            compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"))
+    layout = ColumnChunkedArray.open(tmp_path / "c.zarr")
+    assert layout is not None
+    with pytest.raises(ValueError, match="not the start of a chunk"):
+        layout.write(5, np.zeros((4, 10), np.float32))
+    with pytest.raises(ValueError, match="must be"):
+        layout.write(20, np.zeros((4, 10), np.float32))  # the edge chunk has 5 columns
+    layout.write(20, np.ones((4, 5), np.float64))
+    np.testing.assert_array_equal(np.asarray(arr[:, 20:]), np.ones((4, 5)))
+    np.testing.assert_array_equal(layout.read(0, 25)[:, :20], 0)  # never written: fill
+    (tmp_path / "c.zarr" / "c" / "0" / "2").write_bytes(b"garbage")
+    with pytest.raises(CorruptedFileError):
+        layout.read(20, 25)
+    rows = zarr.create_array(store=str(tmp_path / "r.zarr"), shape=(4, 25), chunks=(2, 10),
+                             dtype=np.float32, zarr_format=3)
+    assert rows is not None and ColumnChunkedArray.open(tmp_path / "r.zarr") is None

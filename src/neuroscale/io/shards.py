@@ -33,7 +33,7 @@ import numpy as np
 
 from neuroscale.errors import CorruptedFileError
 
-__all__ = ["ShardedArray"]
+__all__ = ["ColumnChunkedArray", "ShardedArray"]
 
 #: "missing" marker of an empty inner chunk in a shard index (offset and length).
 _EMPTY = 2**64 - 1
@@ -358,3 +358,159 @@ class ShardedArray:
 
         cname, clevel, shuffle, blocksize = self.blosc
         return bytes(blosc.compress(chunk, cname.encode(), clevel, shuffle, blocksize))
+
+
+@dataclass(frozen=True)
+class ColumnChunkedArray:
+    """A local 2D Zarr v3 array ``(t, voxel)`` in chunks of all rows by ``width`` columns.
+
+    The layout of a stored :class:`~neuroscale.image.Series`
+    (:func:`~neuroscale.image.store_series`): no sharding, inner codecs ``bytes`` (little
+    endian) and optionally ``blosc``.  Chunk ``j`` is the file ``c/0/j``; an edge chunk is
+    stored at full width, padded with the fill value (the Zarr specification's rule).
+
+    Attributes
+    ----------
+    path : Path
+        The array directory.
+    shape : (int, int)
+        ``(n_rows, n_columns)``.
+    dtype : numpy.dtype
+        Stored dtype (little-endian).
+    width : int
+        Columns per chunk.
+    codec : {"blosc", "raw"}
+    fill_value : int or float
+    blosc : (cname, clevel, shuffle, blocksize)
+    """
+
+    path: Path
+    shape: tuple[int, int]
+    dtype: np.dtype
+    width: int
+    codec: str
+    fill_value: Any
+    blosc: tuple[str, int, int, int] = ("lz4", 5, 1, 0)
+
+    @classmethod
+    def open(cls, path: str | Path) -> ColumnChunkedArray | None:
+        """Describe the array at ``path``, or None if it is not exactly this layout.
+
+        Returns
+        -------
+        ColumnChunkedArray or None
+            None for a missing ``zarr.json``, another format, chunk grid, key encoding or
+            codec chain, chunks that do not hold all rows, or big-endian data.
+        """
+        path = Path(path)
+        try:
+            meta = json.loads((path / "zarr.json").read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+                return None
+            shape = tuple(int(s) for s in meta["shape"])
+            if len(shape) != 2 or meta["chunk_grid"]["name"] != "regular":
+                return None
+            key = meta["chunk_key_encoding"]
+            if key["name"] != "default" or key.get("configuration", {}).get("separator") != "/":
+                return None
+            codec = _inner_codecs_ok(meta["codecs"])
+            settings = _blosc_settings(meta["codecs"]) if codec == "blosc" else ("lz4", 5, 1, 0)
+            dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+            chunks = [int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"]]
+            fill = meta.get("fill_value", 0)
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+        if codec is None or dtype.kind not in "iuf" or chunks[0] != shape[0]:
+            return None
+        if not isinstance(fill, int | float):
+            return None
+        return cls(path=path, shape=(shape[0], shape[1]), dtype=dtype, width=chunks[1],
+                   codec=codec, fill_value=fill, blosc=settings)
+
+    def _chunk_file(self, j: int) -> Path:
+        return self.path / "c" / "0" / str(j)
+
+    def write(self, start: int, block: np.ndarray) -> int:
+        """Write the columns ``start : start + block.shape[1]``: exactly one chunk.
+
+        Parameters
+        ----------
+        start : int
+            First column, a multiple of :attr:`width`.
+        block : ndarray, shape (n_rows, width) or (n_rows, n_columns - start) at the edge
+            Values, cast to the stored dtype.
+
+        Returns
+        -------
+        int
+            Bytes written.
+
+        Raises
+        ------
+        ValueError
+            ``start`` not on a chunk boundary, or a block that is not one whole chunk.
+        """
+        n_rows, n_cols = self.shape
+        if start % self.width or not 0 <= start < n_cols:
+            raise ValueError(f"column {start} is not the start of a chunk of {self.width}")
+        cols = min(self.width, n_cols - start)
+        if block.shape != (n_rows, cols):
+            raise ValueError(f"chunk at column {start} must be {(n_rows, cols)}, got {block.shape}")
+        if cols == self.width and block.dtype == self.dtype and block.flags.c_contiguous:
+            full = block
+        else:
+            full = np.full((n_rows, self.width), self.fill_value, dtype=self.dtype)
+            full[:, :cols] = block
+        if self.codec == "raw":
+            encoded = full.tobytes()
+        else:
+            from numcodecs import blosc
+
+            cname, clevel, shuffle, blocksize = self.blosc
+            encoded = bytes(blosc.compress(full, cname.encode(), clevel, shuffle, blocksize))
+        name = self._chunk_file(start // self.width)
+        name.parent.mkdir(parents=True, exist_ok=True)
+        name.write_bytes(encoded)
+        return len(encoded)
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Columns ``a:b``, all rows: ``(n_rows, b - a)`` in the stored dtype.
+
+        Raises
+        ------
+        ValueError
+            Columns out of bounds.
+        CorruptedFileError
+            A chunk that does not decode to its size.
+        """
+        n_rows, n_cols = self.shape
+        if not 0 <= a < b <= n_cols:
+            raise ValueError(f"columns {a}:{b} are outside {n_cols}")
+        out = np.empty((n_rows, b - a), dtype=self.dtype)
+        want = n_rows * self.width * self.dtype.itemsize
+        for j in range(a // self.width, -(-b // self.width)):
+            c0 = j * self.width
+            p0, p1 = max(a, c0), min(b, c0 + self.width)
+            name = self._chunk_file(j)
+            try:
+                data: bytes = name.read_bytes()
+            except FileNotFoundError:
+                out[:, p0 - a : p1 - a] = self.fill_value
+                continue
+            if self.codec == "blosc":
+                from numcodecs import blosc
+
+                try:
+                    data = blosc.decompress(data)
+                except Exception as exc:
+                    raise CorruptedFileError(f"blosc cannot decode a chunk ({exc})",
+                                             name) from exc
+            if len(data) != want:
+                raise CorruptedFileError(f"chunk decodes to {len(data)} bytes, expected {want}",
+                                         name)
+            chunk = np.frombuffer(data, dtype=self.dtype).reshape(n_rows, self.width)
+            out[:, p0 - a : p1 - a] = chunk[:, p0 - c0 : p1 - c0]
+        return out

@@ -273,13 +273,18 @@ def process_bold_run(
     NeuroscaleError
         Bad input (format, metadata, unsuitable data); nothing half-written is left.
     """
-    import dask.array as da
 
     from neuroscale.analysis import alff as alff_mod
     from neuroscale.analysis import centrality, denoise, qc, reho, seed
     from neuroscale.analysis.confounds import find_confounds_file
     from neuroscale.analysis.mask import compute_brain_mask, load_mask
-    from neuroscale.image import Series, open_image, store_series, values_to_volume
+    from neuroscale.image import (
+        Series,
+        open_image,
+        read_series_store,
+        store_series,
+        values_to_volume,
+    )
     from neuroscale.io.nifti import read_nifti_info, save_nifti
     from neuroscale.io.zarr_cache import ingest_nifti
 
@@ -630,7 +635,7 @@ def process_bold_run(
 
         n_den = int(zarr.open_array(str(den_store), mode="r").shape[0])
         # one chunk per x-slab of the raw series (all time points), as the data were computed
-        den_data = da.from_zarr(str(den_store), chunks=((n_den,), raw.data.chunks[1]))
+        den_data = read_series_store(den_store, chunks=((n_den,), raw.data.chunks[1]))
         den = Series(data=den_data, mask=mask, affine=image.affine, t_r=t_r,
                      header=info.header, source=bold)
         lazy_c: dict[str, Any] = {}
