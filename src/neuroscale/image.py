@@ -48,7 +48,10 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 #: glibc's default rises to 32 MiB as blocks are freed, but setting the trim threshold (as
 #: here and as Dask's nanny does) pins it at 128 KiB: then every array a task allocates is
 #: faulted in page by page and the system time of an HCP-sized clean was ~45 % of its CPU
-#: time (8.8 s -> 6.5 s wall with 32 MiB, peak RSS 0.36 -> 0.37 GB).
+#: time (8.8 s -> 6.5 s wall with 32 MiB, peak RSS 0.36 -> 0.37 GB).  In this process only:
+#: in Dask workers the memory kept on the heap counts as unmanaged and can pause a worker
+#: for good (seen: 800 MB worker, 0.66 GB unmanaged, the run deadlocked), so workers keep
+#: the nanny's setting.
 MMAP_THRESHOLD_BYTES = 32 * 2**20
 
 

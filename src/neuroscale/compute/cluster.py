@@ -328,13 +328,9 @@ def _local_client(
     # worker keeps after its tasks (Dask's nanny already sets MALLOC_TRIM_THRESHOLD_)
     # ITK (ANTs) reads its thread count once per process; one per worker thread keeps
     # registrations from oversubscribing the cores and makes them reproducible across workers
-    # and blocks below 32 MiB reused from the heap, not mmap'ed fresh (the nanny's trim
-    # threshold pins glibc's mmap threshold at 128 KiB: every task array then page-faults;
-    # see neuroscale.image.MMAP_THRESHOLD_BYTES)
-    from neuroscale.image import MMAP_THRESHOLD_BYTES
-
+    # (not MALLOC_MMAP_THRESHOLD_: blocks kept on a worker's heap count as unmanaged memory,
+    # and a worker of 800 MB paused for good at 0.66 GB of them, 25 MB managed: a deadlock)
     environ = {"MALLOC_ARENA_MAX": "2",
-               "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES),
                "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(max(1, threads_per_worker)),
                **dask.config.get("distributed.nanny.pre-spawn-environ", {})}
     try:
