@@ -64,6 +64,23 @@ def _inner_codecs_ok(codecs: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def _regular_array_meta(path: Path, ndim: int) -> dict[str, Any] | None:
+    """``zarr.json`` of a Zarr v3 array of ``ndim`` dimensions on a regular chunk grid with
+    ``c/``-prefixed, "/"-separated chunk keys; None for anything else or an unreadable file."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+        if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+            return None
+        if len(meta["shape"]) != ndim or meta["chunk_grid"]["name"] != "regular":
+            return None
+        key = meta["chunk_key_encoding"]
+        if key["name"] != "default" or key.get("configuration", {}).get("separator") != "/":
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return dict(meta)
+
+
 def _span(sub: np.ndarray) -> tuple[int, int]:
     """Byte range ``[lo, hi)`` covering the non-empty inner chunks of an index slice."""
     ok = sub[:, 0] != _EMPTY
@@ -128,19 +145,11 @@ class ShardedArray:
         path = Path(path)
         if not hasattr(os, "pread"):  # not POSIX: zarr reads it
             return None
-        try:
-            meta = json.loads((path / "zarr.json").read_text())
-        except (OSError, ValueError):
+        meta = _regular_array_meta(path, 4)
+        if meta is None:
             return None
         try:
-            if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
-                return None
             shape = tuple(int(s) for s in meta["shape"])
-            if len(shape) != 4 or meta["chunk_grid"]["name"] != "regular":
-                return None
-            key = meta["chunk_key_encoding"]
-            if key["name"] != "default" or key.get("configuration", {}).get("separator") != "/":
-                return None
             codecs = meta["codecs"]
             if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
                 return None
@@ -405,19 +414,11 @@ class ColumnChunkedArray:
             codec chain, chunks that do not hold all rows, or big-endian data.
         """
         path = Path(path)
-        try:
-            meta = json.loads((path / "zarr.json").read_text())
-        except (OSError, ValueError):
+        meta = _regular_array_meta(path, 2)
+        if meta is None:
             return None
         try:
-            if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
-                return None
             shape = tuple(int(s) for s in meta["shape"])
-            if len(shape) != 2 or meta["chunk_grid"]["name"] != "regular":
-                return None
-            key = meta["chunk_key_encoding"]
-            if key["name"] != "default" or key.get("configuration", {}).get("separator") != "/":
-                return None
             codec = _inner_codecs_ok(meta["codecs"])
             settings = _blosc_settings(meta["codecs"]) if codec == "blosc" else ("lz4", 5, 1, 0)
             dtype = np.dtype(meta["data_type"]).newbyteorder("<")
