@@ -28,6 +28,8 @@ from neuroscale.catalog.errors import (
     MissingDependencyError,
     QuerySyntaxError,
     StoredObjectCorruptedError,
+    StoredObjectMissingError,
+    StoreError,
     TicketError,
     UnsafePathError,
 )
@@ -64,7 +66,9 @@ __all__ = [
     "MissingDependencyError",
     "ObjectInfo",
     "QuerySyntaxError",
+    "StoreError",
     "StoredObjectCorruptedError",
+    "StoredObjectMissingError",
     "TicketError",
     "Triple",
     "UnsafePathError",

@@ -42,6 +42,7 @@ PostgreSQL catalog with database roles if users must be authenticated.  Tickets
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import hashlib
@@ -86,6 +87,8 @@ from neuroscale.catalog.errors import (  # noqa: E402
     MetadataError,
     MissingDependencyError,
     StoredObjectCorruptedError,
+    StoredObjectMissingError,
+    StoreError,
     TicketError,
     UnsafePathError,
 )
@@ -107,10 +110,14 @@ from neuroscale.catalog.models import (  # noqa: E402
     utcnow,
 )
 from neuroscale.catalog.paths import (  # noqa: E402
+    HOME,
     check_object_name,
     check_sha256,
+    home_collection,
     is_sha256,
+    nfc,
     normalise_collection,
+    object_key,
     parent_collection,
 )
 from neuroscale.catalog.query import parse as parse_query  # noqa: E402
@@ -179,8 +186,13 @@ class MetaInfo:
 
 @dataclass(frozen=True)
 class IngestResult:
-    """Outcome for one file: ``status`` is ``added`` (new content stored), ``deduplicated``
-    (content already stored, new entry), or ``unchanged`` (same entry, same content)."""
+    """Outcome for one file: ``status`` is ``added`` (a new object in the collection) or
+    ``unchanged`` (the collection already held this name with this content).
+
+    Whether the content was already in the store (deduplicated: stored once, whoever ingested
+    it) is deliberately not reported, and an ingest does the same work either way: otherwise
+    a user could test whether anyone, in a collection they cannot read, holds a file.
+    """
 
     source: str
     object: ObjectInfo
@@ -439,6 +451,37 @@ def _object_path(collection: str, name: str) -> str:
     return f"{collection}/{name}"
 
 
+def _file_kind(path: Path) -> str:
+    """What ``path`` is, in words (it is not a regular file)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "unreadable"
+    for test, kind in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return kind + (" behind a symlink" if path.is_symlink() else "")
+    return "special file"
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of the regular file ``path``, opened without blocking (a file replaced by a
+    FIFO since the walk would block an ordinary open for ever) and checked to be regular."""
+    from neuroscale.errors import InputNotFoundError
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputNotFoundError(f"not a regular file any more ({_file_kind(path)})", path)
+        os.set_blocking(fd, True)
+        return fh.readall()
+
+
 # ---------------------------------------------------------------------------------------------
 # the catalog
 # ---------------------------------------------------------------------------------------------
@@ -617,8 +660,13 @@ class Catalog:
             ):
                 direct[cid] = max(direct.get(cid, 0), level)
         eff: dict[int, int] = {}
-        for cid, parent, _ in sorted(cols, key=lambda r: r[2].count("/")):
-            eff[cid] = max(direct.get(cid, 0), eff.get(parent, 0) if parent is not None else 0)
+        for cid, parent, path in sorted(cols, key=lambda r: r[2].count("/")):
+            # a home (/home/<user>) inherits nothing from /home: whoever may write /home
+            # (an older catalog let any user create it) reads no one's home through it
+            inherited = 0
+            if parent is not None and parent_collection(path) != HOME:
+                inherited = eff.get(parent, 0)
+            eff[cid] = max(direct.get(cid, 0), inherited)
         return eff
 
     def _levels(self, s: Session, me: Principal | None) -> dict[int, int]:
@@ -668,12 +716,25 @@ class Catalog:
                 ticket.revoked = True
 
     def _collection(self, s: Session, path: str, levels: dict[int, int], need: int) -> Collection:
+        given = path
         path = normalise_collection(path)
-        coll = s.scalar(select(Collection).where(Collection.path == path))
+        coll = self._find_collection(s, path, given)
         if coll is None or levels.get(coll.id, 0) < READ:
             raise CatalogNotFoundError(f"no such collection {path}")
         self._check(levels, coll, need)
         return coll
+
+    @staticmethod
+    def _find_collection(s: Session, path: str, given: str | None = None) -> Collection | None:
+        """The collection at the canonical (NFC) ``path``, or at exactly ``given`` when that
+        differs and exists: a non-NFC path migration 0003 kept because its NFC twin exists."""
+        if given is not None:
+            raw = "/" + given.strip("/")
+            if raw != path:
+                coll = s.scalar(select(Collection).where(Collection.path == raw))
+                if coll is not None:
+                    return coll
+        return s.scalar(select(Collection).where(Collection.path == path))
 
     @staticmethod
     def _check(levels: dict[int, int], coll: Collection, need: int) -> None:
@@ -689,21 +750,25 @@ class Catalog:
     ) -> tuple[DataObject, Collection]:
         if not isinstance(target, str) or "\x00" in target:
             raise UnsafePathError(f"invalid object path {target!r}")
-        path = "/" + target.strip("/")
-        parts = path.split("/")
-        for cut in range(len(parts) - 1, 1, -1):
-            cpath, name = "/".join(parts[:cut]), "/".join(parts[cut:])
-            coll = s.scalar(select(Collection).where(Collection.path == cpath))
-            if coll is None or levels.get(coll.id, 0) < READ:
-                continue
-            obj = s.scalar(
-                select(DataObject).where(
-                    DataObject.collection_id == coll.id, DataObject.name == name
+        raw = "/" + target.strip("/")
+        path = nfc(raw)
+        # the exact text first when it is not NFC (a name migration 0003 kept because its NFC
+        # twin exists), then the NFC form, which every name has since
+        for form in dict.fromkeys((raw, path)):
+            parts = form.split("/")
+            for cut in range(len(parts) - 1, 1, -1):
+                cpath, name = "/".join(parts[:cut]), "/".join(parts[cut:])
+                coll = s.scalar(select(Collection).where(Collection.path == cpath))
+                if coll is None or levels.get(coll.id, 0) < READ:
+                    continue
+                obj = s.scalar(
+                    select(DataObject).where(
+                        DataObject.collection_id == coll.id, DataObject.name == name
+                    )
                 )
-            )
-            if obj is not None:
-                self._check(levels, coll, need)
-                return obj, coll
+                if obj is not None:
+                    self._check(levels, coll, need)
+                    return obj, coll
         raise CatalogNotFoundError(f"no such object {path}")
 
     def _target(
@@ -715,7 +780,7 @@ class Catalog:
         except UnsafePathError:
             path = None
         if path is not None:
-            coll = s.scalar(select(Collection).where(Collection.path == path))
+            coll = self._find_collection(s, path, target)
             if coll is not None and levels.get(coll.id, 0) >= READ:
                 self._check(levels, coll, need)
                 return coll, None
@@ -819,7 +884,18 @@ class Catalog:
         """Create ``path`` (and missing parents); returns the canonical path.
 
         A top-level collection may be created by any registered user; a sub-collection needs
-        ``write`` on its parent.  The creator owns the new collections.
+        ``write`` on its parent.  The creator owns the new collections.  ``/home`` is reserved:
+        every user may create their own home ``/home/<user>`` (and anything under it), no one
+        else's (administrators excepted), and a home inherits no permission from ``/home``.
+
+        Raises
+        ------
+        CatalogPermissionError
+            No ``write`` on the parent, or another user's home.
+        CatalogNotFoundError
+            The collection exists and the caller cannot read it.
+        UnsafePathError
+            An invalid path.
         """
         with self._sessions() as s, s.begin():
             me = self._me(s, required=False)
@@ -839,7 +915,11 @@ class Catalog:
             return coll
         parent_path = parent_collection(path)
         parent = None
-        if parent_path is not None:
+        if path == HOME or parent_path == HOME:
+            parent = self._ensure_home(s, path, me)
+            if path == HOME:
+                return parent
+        elif parent_path is not None:
             parent = self._ensure_collection(s, parent_path, me, levels)
         if me is None:
             raise CatalogPermissionError(f"a registered user is needed to create {path}")
@@ -849,6 +929,76 @@ class Catalog:
         s.add(Access(collection_id=coll.id, principal_id=me.id, level=OWN))
         levels[coll.id] = OWN
         return coll
+
+    @staticmethod
+    def _ensure_home(s: Session, path: str, me: Principal | None) -> Collection:
+        """``/home`` (made without owner: only administrators see it) when ``path`` is
+        ``/home`` itself or a home ``/home/<user>`` the caller may create."""
+        if me is None:
+            raise CatalogPermissionError(f"a registered user is needed to create {path}")
+        if path == HOME and not me.is_admin:
+            raise CatalogPermissionError(
+                f"{HOME} holds the users' home collections; create yours, {home_collection(me.name)}"
+            )
+        if path != HOME and not me.is_admin and path != home_collection(me.name):
+            raise CatalogPermissionError(
+                f"{path} is another user's home collection; yours is {home_collection(me.name)}"
+            )
+        home = s.scalar(select(Collection).where(Collection.path == HOME))
+        if home is None:
+            home = Collection(path=HOME, parent_id=None)
+            s.add(home)
+            s.flush()
+        return home
+
+    def home(self) -> str:
+        """The caller's home collection ``/home/<user>`` (created when first written to).
+
+        Raises
+        ------
+        UnsafePathError
+            The user name cannot be one path component.
+        """
+        return home_collection(self.user)
+
+    def check_writable(self, collection: str) -> str:
+        """Check, before any work, that the caller may write ``collection`` and the store.
+
+        Nothing is created: the collection's creation is tried (with the rules of
+        :meth:`create_collection`) inside a transaction that is rolled back, and the store is
+        probed by writing and removing a temporary file (:meth:`Store.check_writable`).
+
+        Parameters
+        ----------
+        collection : str
+            The target collection (it may not exist yet).
+
+        Returns
+        -------
+        str
+            The canonical (NFC) path of ``collection``.
+
+        Raises
+        ------
+        CatalogPermissionError
+            The caller is not registered, or may not write (or create) the collection.
+        CatalogNotFoundError
+            The collection exists and the caller cannot read it.
+        StoreError
+            The store cannot be written by this user.
+        UnsafePathError
+            An invalid path.
+        """
+        s = self._sessions()
+        try:
+            me = self._me(s, required=False)
+            coll = self._ensure_collection(s, collection, me, self._levels(s, me))
+            path = coll.path
+        finally:
+            s.rollback()
+            s.close()
+        self.store.check_writable()
+        return path
 
     def collections(self) -> list[str]:
         """Paths of every collection the caller can read."""
@@ -968,8 +1118,7 @@ class Catalog:
                 batch, names, nbytes, inmemory = [], set(), 0, 0
             content = None
             if small:
-                with open(local, "rb", buffering=0) as fh:
-                    content = fh.readall()
+                content = _read_regular(local)
                 inmemory += len(content)
             triples = (md.extract(local, content) if extract else []) + meta
             batch.append(_Item(local, objname, md.dedupe(triples), content))
@@ -988,6 +1137,9 @@ class Catalog:
             raise InputNotFoundError("no such file or directory", path)
         if path.is_file():
             return [(path, check_object_name(name or path.name), path.stat().st_size)]
+        if not path.is_dir():  # /dev/zero, a FIFO, a socket (or a symlink to one)
+            report.skipped.append((str(path), f"not a regular file ({_file_kind(path)})"))
+            return []
         root = path.resolve()
         out = []
         for dirpath, dirnames, filenames in os.walk(path):
@@ -1006,7 +1158,8 @@ class Catalog:
                     except OSError:
                         st = None  # type: ignore[assignment]
                 if st is None or not stat.S_ISREG(st.st_mode):
-                    report.skipped.append((full, "not a regular file"))
+                    kind = "broken symlink" if st is None else _file_kind(Path(full))
+                    report.skipped.append((full, f"not a regular file ({kind})"))
                     continue
                 rel = fname if rel_dir == "." else f"{rel_dir}/{fname}".replace(os.sep, "/")
                 out.append((Path(full), check_object_name(rel), st.st_size))
@@ -1094,7 +1247,8 @@ class Catalog:
             finally:
                 for stage in staged.values():
                     if stage.key is not None and stage.key not in moved:
-                        store.discard(stage.key)
+                        with contextlib.suppress(StoreError):  # left for recovery
+                            store.discard(stage.key)
         if conflict is not None:
             raise conflict
         return [results[i] for i in sorted(results)]
@@ -1133,7 +1287,15 @@ class Catalog:
         moved: set[str],
     ) -> None:
         """Claim, store, sync, verify and commit the contents ``staged[i]`` for ``i`` in
-        ``todo`` (the keys of the temporary copies moved into place are added to ``moved``)."""
+        ``todo`` (the keys of the temporary copies moved into place are added to ``moved``).
+
+        A content already stored (by anyone) is not stored again, but its copy is written to
+        ``tmp/``, made durable and re-hashed all the same, then discarded: the ingest takes as
+        long, and says the same (``added``), as for new content, so that neither its answer
+        nor its duration tells whether someone else holds the file.  When storing fails (a
+        store made read-only, a full disk), the contents this call claimed are released before
+        the error propagates.
+        """
         store = self.store
         sizes = {staged[i].sha256: staged[i].size for i in todo}
         first: dict[str, _Staged] = {}
@@ -1141,34 +1303,20 @@ class Catalog:
             first.setdefault(staged[i].sha256, staged[i])
         states = self._claim_many(sizes)
         _fault("claimed")
-        need_copy: list[str] = []
-        with self._sessions() as s:
-            bad = {
-                sha
-                for part in _chunks([x for x, st in states.items() if st == "ok"], SQL_CHUNK)
-                for sha, check in s.execute(
-                    select(Blob.sha256, Blob.check_status).where(Blob.sha256.in_(part))
-                )
-                if check in BAD_CHECKS
-            }
-        for sha, state in states.items():
-            if state == "pending" or sha in bad or store.stored_size(sha) != sizes[sha]:
-                need_copy.append(sha)
-        for sha in need_copy:
-            self._put(first[sha], moved)
-        store.sync(need_copy)
-        _fault("moved")
-        for sha in need_copy:
-            got = store.hash_stored(sha)
-            if got != (sha, sizes[sha]):
-                local = next(items[i].local for i in todo if staged[i].sha256 == sha)
-                raise StoredObjectCorruptedError(
-                    f"stored copy of {local.name} does not match (sha256 {sha}, read back {got})",
-                    store.url,
-                )
-        _fault("verified")
+        decoys: dict[str, str] = {}  # already stored content -> its throw-away tmp/ copy
+        written: list[str] = []  # tmp/ copies made here for decoys (small contents)
+        try:
+            self._store_claimed(items, todo, staged, first, sizes, states, decoys, written, moved)
+        except BaseException:
+            self._release_claims([x for x, st in states.items() if st == "pending"])
+            raise
+        finally:
+            for key in written:
+                with contextlib.suppress(StoreError):
+                    store.discard(key)
         now = utcnow()
-        copied = set(need_copy)
+        copied = set(sizes) - set(decoys)
+        need_copy = [x for x in sizes if x in copied]
         with self._sessions() as s, s.begin():
             for group, extra in (
                 (need_copy, {"verified_at": now, "checked_at": now, "check_status": "ok"}),
@@ -1230,7 +1378,6 @@ class Catalog:
                     s.execute(insert(_table(AVU)), part)
             _fault("before_commit")
         _fault("committed")
-        added: set[str] = set()
         for i in todo:
             item, stage = items[i], staged[i]
             if item.name in existing:
@@ -1244,12 +1391,77 @@ class Catalog:
                     size=stage.size,
                     created=now,
                 )
-                if states[stage.sha256] == "pending" and stage.sha256 not in added:
-                    status = "added"
-                    added.add(stage.sha256)
-                else:
-                    status = "deduplicated"
+                status = "added"  # stored now or before, by anyone: never told (see above)
             results[i] = IngestResult(str(item.local), self._info(obj, coll), status)
+
+    def _store_claimed(
+        self,
+        items: list[_Item],
+        todo: list[int],
+        staged: dict[int, _Staged],
+        first: dict[str, _Staged],
+        sizes: dict[str, int],
+        states: dict[str, str],
+        decoys: dict[str, str],
+        written: list[str],
+        moved: set[str],
+    ) -> None:
+        """Steps 3 of the protocol for claimed contents: store what is not stored yet, write
+        a throw-away ``tmp/`` copy (``decoys``) of what is, sync both, re-hash both."""
+        store = self.store
+        need_copy: list[str] = []
+        with self._sessions() as s:
+            bad = {
+                sha
+                for part in _chunks([x for x, st in states.items() if st == "ok"], SQL_CHUNK)
+                for sha, check in s.execute(
+                    select(Blob.sha256, Blob.check_status).where(Blob.sha256.in_(part))
+                )
+                if check in BAD_CHECKS
+            }
+        for sha, state in states.items():
+            if state == "pending" or sha in bad or store.stored_size(sha) != sizes[sha]:
+                need_copy.append(sha)
+            else:
+                decoys[sha] = ""
+        for sha in need_copy:
+            self._put(first[sha], moved)
+        for sha in decoys:
+            stage = first[sha]
+            if stage.key is not None:  # a large file: its tmp/ copy is already written
+                decoys[sha] = stage.key
+            else:
+                assert stage.content is not None
+                decoys[sha] = store.write_temp(io.BytesIO(stage.content), sync=False).key
+                written.append(decoys[sha])
+        store.sync(need_copy, list(decoys.values()))
+        _fault("moved")
+        checks = [(sha, object_key(sha)) for sha in need_copy] + list(decoys.items())
+        for sha, key in checks:
+            got = store.hash_stored(sha) if key.startswith("objects/") else store.hash_temp(key)
+            if got != (sha, sizes[sha]):
+                local = next(items[i].local for i in todo if staged[i].sha256 == sha)
+                raise StoredObjectCorruptedError(
+                    f"stored copy of {local.name} does not match (sha256 {sha}, read back {got})",
+                    store.url,
+                )
+        _fault("verified")
+
+    def _release_claims(self, shas: list[str]) -> None:
+        """Give up the ``pending`` claims this process holds on ``shas`` after a failure (what
+        cleanup does for a dead writer); best effort: what is left, recovery removes."""
+        for sha in shas:
+            with contextlib.suppress(Exception):
+                with self._sessions() as s, s.begin():
+                    done = s.execute(
+                        update(Blob)
+                        .where(Blob.sha256 == sha, Blob.state == "pending")
+                        .where(Blob.owner_pid == os.getpid(), Blob.owner_host == HOST)
+                        .values(state="deleting")
+                    )
+                    if done.rowcount != 1:  # type: ignore[attr-defined]
+                        continue
+                self._finish_delete(sha)
 
     def _claim_many(self, sizes: dict[str, int]) -> dict[str, str]:
         """:meth:`_claim` for many contents: one transaction inserts every new ``pending`` blob;
@@ -1336,7 +1548,7 @@ class Catalog:
                     f"(sha256 {existing_info[0]})",
                     local,
                 )
-            status = "unchanged" if existing_info is not None else "deduplicated"
+            status = "unchanged" if existing_info is not None else "added"
             state = self._claim(tmp.sha256, tmp.size)
             _fault("claimed")
             need_copy = state == "pending"
@@ -1356,8 +1568,13 @@ class Catalog:
                         store.url,
                     )
                 _fault("verified")
-                if state == "pending":
-                    status = "added" if existing_info is None else status
+            elif store.hash_temp(tmp.key) != (tmp.sha256, tmp.size):
+                # stored already (by anyone): re-hash the throw-away copy instead, the same
+                # work as for new content, so the duration does not tell (see _store_claimed)
+                raise StoredObjectCorruptedError(
+                    f"copy of {local.name} in the store's tmp/ does not match what was read",
+                    store.url,
+                )
             now = utcnow()
             with self._sessions() as s, s.begin():
                 done = s.execute(
@@ -1414,7 +1631,8 @@ class Catalog:
             coll = Collection(id=coll_id, path=coll_path)
             return IngestResult(str(local), self._info(obj, coll), status)
         finally:
-            store.discard(tmp.key)
+            with contextlib.suppress(StoreError):  # left for recovery
+                store.discard(tmp.key)
 
     def _claim(self, sha256: str, size: int) -> str:
         """Register ``sha256`` as being stored: returns ``"ok"`` (already stored) or ``"pending"``."""
@@ -1542,7 +1760,13 @@ class Catalog:
 
     @staticmethod
     def _add_derivation(s: Session, output: str, d: dict[str, Any], me_id: int | None) -> None:
-        for existing in s.scalars(select(Derivation).where(Derivation.output_sha256 == output)):
+        # a derivation is one user's record (lineage shows it to those who can read an object
+        # of its output that user holds): another user's identical record is not shared
+        for existing in s.scalars(
+            select(Derivation).where(
+                Derivation.output_sha256 == output, Derivation.user_id.is_not_distinct_from(me_id)
+            )
+        ):
             srcs = sorted(
                 s.scalars(
                     select(DerivationSource.source_sha256).where(
@@ -1568,6 +1792,20 @@ class Catalog:
         s.flush()
         for sha in d["sources"]:
             s.add(DerivationSource(derivation_id=der.id, source_sha256=sha))
+
+    @staticmethod
+    def _derivation_visible(s: Session, der: Derivation, levels: dict[int, int]) -> bool:
+        """Whether the caller may see ``der``: it can read an object holding its output that
+        the derivation's recorder created.  Derivations are recorded per content, so without
+        this a user who ingests a guessed copy of someone's private result would read, in
+        its lineage, how that person made it (and learn that they have it)."""
+        rows = s.execute(
+            select(DataObject.collection_id).where(
+                DataObject.sha256 == der.output_sha256,
+                DataObject.creator_id.is_not_distinct_from(der.user_id),
+            )
+        )
+        return any(levels.get(cid, 0) >= READ for (cid,) in rows)
 
     @staticmethod
     def _readable_objects(s: Session, sha: str, levels: dict[int, int]) -> list[str]:
@@ -1600,7 +1838,9 @@ class Catalog:
         Upstream steps go back to raw data (contents with no recorded derivation); downstream
         steps lead to everything derived from it.  Only what the caller can read is shown:
         sources it cannot read appear as bare checksums and are not followed; derivatives it
-        cannot read are left out.
+        cannot read are left out; a derivation is shown only to those who can read an object
+        of its output that its recorder created (a copy of the same content elsewhere does
+        not reveal another user's record).
 
         Raises
         ------
@@ -1642,13 +1882,15 @@ class Catalog:
                 depth += 1
                 nxt = []
                 for x in frontier:
-                    ders = list(
-                        s.scalars(
+                    ders = [
+                        der
+                        for der in s.scalars(
                             select(Derivation)
                             .where(Derivation.output_sha256 == x)
                             .order_by(Derivation.id)
                         )
-                    )
+                        if self._derivation_visible(s, der, levels)
+                    ]
                     if not ders:
                         raw.append(info(x))
                     for der in ders:
@@ -1674,7 +1916,7 @@ class Catalog:
                         .order_by(Derivation.id)
                     )
                     for der in users_of:
-                        if not self._readable_objects(s, der.output_sha256, levels):
+                        if not self._derivation_visible(s, der, levels):
                             continue
                         if any(st.derivation_id == der.id for st in downstream):
                             continue
@@ -1728,10 +1970,10 @@ class Catalog:
             coll, obj = self._target(s, target, levels, WRITE)
             q = delete(AVU).where(
                 AVU.object_id == obj.id if obj else AVU.collection_id == coll.id,
-                AVU.attribute == attribute,
+                AVU.attribute == nfc(attribute),
             )
             if value is not None:
-                q = q.where(AVU.value == md.format_value(value))
+                q = q.where(AVU.value == nfc(md.format_value(value)))
             return int(s.execute(q).rowcount)  # type: ignore[attr-defined]
 
     def find(
@@ -1904,7 +2146,12 @@ class Catalog:
         ------
         StoredObjectCorruptedError
             The stored copy no longer matches its checksum (``dest`` is not created).
+        StoredObjectMissingError
+            The stored copy is missing from the store (``verify`` lists such objects).
+        InputNotFoundError
+            The directory ``dest`` would be written in does not exist.
         """
+        from neuroscale.errors import InputNotFoundError
         from neuroscale.io.atomic import atomic_path
 
         with self._sessions() as s, s.begin():
@@ -1914,8 +2161,18 @@ class Catalog:
         out = Path(dest)
         if out.is_dir():
             out = out / name.rsplit("/", 1)[-1]
+        if not out.parent.is_dir():
+            raise InputNotFoundError("the destination's directory does not exist", out.parent)
+        try:
+            src_fh = self.store.open(sha)
+        except FileNotFoundError:
+            raise StoredObjectMissingError(
+                f"the stored copy of {_object_path(coll.path, name)} (sha256 {sha}) is missing "
+                "from the store: run 'neuroscale catalog verify' (administrators)",
+                self.store.url,
+            ) from None
         digest = hashlib.sha256()
-        with atomic_path(out) as tmp, self.store.open(sha) as src, open(tmp, "wb") as fh:
+        with src_fh as src, atomic_path(out) as tmp, open(tmp, "wb") as fh:
             while block := src.read(1 << 20):
                 digest.update(block)
                 fh.write(block)
@@ -1934,7 +2191,8 @@ class Catalog:
         Raises
         ------
         ConflictError
-            The object holds the last copy of its content and ``force`` is False.
+            No other object the caller can read holds its content and ``force`` is False
+            (whether an unreadable one does is not disclosed: the stored copy then stays).
         """
         with self._sessions() as s, s.begin():
             levels = self._levels(s, self._me(s, required=False))
@@ -1948,10 +2206,13 @@ class Catalog:
                 .where(DataObject.sha256 == obj.sha256, DataObject.id != obj.id)
             )
             last = others == 0
-            if last and not force:
+            # refuse when no *other object the caller can read* holds the content: whether
+            # someone else's (unreadable) object does must not change the answer
+            visible = [p for p in self._readable_objects(s, obj.sha256, levels) if p != info.path]
+            if not visible and not force:
                 raise ConflictError(
-                    f"{info.path} holds the last copy of its content (sha256 {obj.sha256}); "
-                    "use --force to delete it"
+                    f"{info.path} holds the last copy of its content you can read (sha256 "
+                    f"{obj.sha256}); use --force to delete it"
                 )
             s.execute(delete(AVU).where(AVU.object_id == obj.id))
             s.delete(obj)
@@ -2360,3 +2621,56 @@ class Catalog:
                 self.store.discard(key)
                 report.untracked.append(key)
         return report
+
+
+#: Sub-collection of the caller's home that a pipeline's results go to by default.
+PIPELINE_COLLECTION = "neuroscale"
+
+
+def open_for_pipeline(
+    url: str, collection: str | None = None, *, user: str | None = None
+) -> tuple[Catalog, str]:
+    """Open the catalog at ``url`` for a pipeline and check, before any work, that its results
+    can be registered: the caller may write ``collection`` and the store.
+
+    Parameters
+    ----------
+    url : str
+        Catalog database URL.
+    collection : str, optional
+        Target collection; default the caller's ``/home/<user>/neuroscale``, which no other
+        user can create first (see :meth:`Catalog.create_collection`).
+    user : str, optional
+        Acting user (default :func:`default_user`).
+
+    Returns
+    -------
+    (Catalog, str)
+        The open catalog (close it when done) and the canonical target collection.
+
+    Raises
+    ------
+    CatalogConfigError
+        (exit code 2) The catalog cannot be opened, the user is not registered, the
+        collection cannot be written or created by the user, or the store is not writable.
+    """
+    try:
+        cat = Catalog(url, user=user)
+    except CatalogConfigError:
+        raise
+    except (CatalogError, OSError) as exc:
+        raise CatalogConfigError(f"--catalog {url}: {exc}") from exc
+    try:
+        target = collection or f"{home_collection(cat.user)}/{PIPELINE_COLLECTION}"
+        path = cat.check_writable(target)
+    except (CatalogError, CatalogNotFoundError, CatalogPermissionError) as exc:
+        cat.close()
+        about_collection = isinstance(exc, CatalogNotFoundError | CatalogPermissionError)
+        hint = " (pass --catalog-collection)" if about_collection and not collection else ""
+        raise CatalogConfigError(
+            f"--catalog: results cannot be registered in {nfc(target)}: {exc}{hint}"
+        ) from exc
+    except BaseException:
+        cat.close()
+        raise
+    return cat, path

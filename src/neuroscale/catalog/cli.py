@@ -9,8 +9,10 @@ by ``catalog init`` (``--config``, ``$NEUROSCALE_CATALOG_CONFIG``, default
 ``$XDG_CONFIG_HOME/neuroscale/catalog.json``).  The store location is recorded in the
 database itself, so every user of a shared (PostgreSQL) catalog uses the same store.
 
-Exit status: 0 on success; 1 when ``verify`` finds a problem; otherwise the ``exit_code`` of
-the error raised (see :mod:`neuroscale.catalog.errors`).
+Exit status: 0 on success; 1 when ``verify`` finds a problem; 2 when ``ingest`` could ingest
+nothing because every path was skipped (not a regular file: a device, a FIFO...; files that
+are skipped beside others that were ingested are listed with the reason and exit 0);
+otherwise the ``exit_code`` of the error raised (see :mod:`neuroscale.catalog.errors`).
 """
 
 from __future__ import annotations
@@ -300,6 +302,13 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             counts = ", ".join(f"{v} {k}" for k, v in sorted(report.counts.items()))
             lines.append(f"{len(report.results)} file(s): {counts or 'nothing'}")
             _emit(args, report, "\n".join(lines), out)
+            if not report.results and report.skipped:
+                from neuroscale.errors import InputNotFoundError
+
+                path, why = report.skipped[0]
+                n_more = len(report.skipped) - 1
+                more = f" (and {n_more} more skipped)" if n_more else ""
+                raise InputNotFoundError(f"skipped, {why}; nothing ingested{more}", path)
             return 0
         if command == "ls":
             if args.collection is None:

@@ -77,6 +77,18 @@ class StoredObjectCorruptedError(CorruptedFileError):
     """A stored object's SHA-256 does not match its record (or the copy just written)."""
 
 
+class StoredObjectMissingError(CorruptedFileError, FileNotFoundError):
+    """A catalogued object's stored copy is missing from the store (``verify`` lists them)."""
+
+
+class StoreError(CatalogError, OSError):
+    """The store cannot be written or read: permission denied, read-only file system, full disk.
+
+    Raised before anything is recorded (or with the claims of the failed ingest released), so
+    the database stays consistent; exit code 6, as every failed catalog operation.
+    """
+
+
 __all__ = [
     "CatalogConfigError",
     "CatalogError",
@@ -86,7 +98,9 @@ __all__ = [
     "MetadataError",
     "MissingDependencyError",
     "QuerySyntaxError",
+    "StoreError",
     "StoredObjectCorruptedError",
+    "StoredObjectMissingError",
     "TicketError",
     "UnsafePathError",
 ]

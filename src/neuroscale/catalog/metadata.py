@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from neuroscale.catalog.errors import MetadataError
+from neuroscale.catalog.paths import nfc
 
 MAX_ATTRIBUTE = 255
 MAX_VALUE = 2000
@@ -112,7 +113,8 @@ def make_triple(
             raise MetadataError(f"metadata {what} {item[:40]!r} contains a NUL byte")
         if len(item) > limit:
             raise MetadataError(f"metadata {what} {item[:40]!r}... longer than {limit} characters")
-    return Triple(attribute.strip(), text, unit or None, source)
+    # NFC: a value typed with combining accents and one read from a file name match
+    return Triple(nfc(attribute.strip()), nfc(text), nfc(unit) if unit else None, source)
 
 
 _UNIT = re.compile(r"^[A-Za-z%µμ°][A-Za-z0-9%µμ°/^.*_-]{0,63}$")

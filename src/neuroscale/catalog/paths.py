@@ -5,11 +5,16 @@ A logical object name is a relative, '/'-separated path inside its collection
 Both are rejected when a component is empty, ``.`` or ``..``, or when they contain a NUL byte,
 a backslash or another control character.  Store keys are built only from validated SHA-256
 hex digests, never from user-supplied names.
+
+Names and paths are returned in Unicode normalisation form NFC (:func:`nfc`), so ``café``
+typed with a combining accent (NFD, as macOS file names are) and with a precomposed ``é`` name
+the same object.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from neuroscale.catalog.errors import UnsafePathError
 
@@ -17,6 +22,15 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 MAX_COMPONENT = 255
 MAX_PATH = 1024
+
+
+#: The parent of the per-user home collections (``/home/<user>``, as iRODS's ``/zone/home``).
+HOME = "/home"
+
+
+def nfc(text: str) -> str:
+    """``text`` in Unicode normalisation form NFC (composed characters)."""
+    return unicodedata.normalize("NFC", text) if isinstance(text, str) else text
 
 
 def is_sha256(text: str) -> bool:
@@ -59,6 +73,7 @@ def check_object_name(name: str) -> str:
     UnsafePathError
         Absolute name, ``..``/``.``/empty component, NUL byte, backslash or control character.
     """
+    name = nfc(name)
     if isinstance(name, str) and name.startswith("/"):
         raise UnsafePathError(f"object name {name!r} must be relative to its collection")
     _components(name, "object name")
@@ -75,11 +90,28 @@ def normalise_collection(path: str) -> str:
     """
     if not isinstance(path, str) or not path.strip("/"):
         raise UnsafePathError(f"invalid collection path {path!r}")
+    path = nfc(path)
     body = path[1:] if path.startswith("/") else path
     if body.endswith("/"):
         body = body[:-1]
     _components(body, "collection path")
     return "/" + body
+
+
+def home_collection(user: str) -> str:
+    """The home collection ``/home/<user>`` of a catalog user.
+
+    Raises
+    ------
+    UnsafePathError
+        The user name cannot be one path component (contains '/', is '.' or '..', a control
+        character...).
+    """
+    name = nfc(user)
+    if not isinstance(name, str) or "/" in name:
+        raise UnsafePathError(f"user name {user!r} cannot name a home collection")
+    _components(name, "user name")
+    return f"{HOME}/{name}"
 
 
 def parent_collection(path: str) -> str | None:

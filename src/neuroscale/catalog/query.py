@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuroscale.catalog.errors import QuerySyntaxError
+from neuroscale.catalog.paths import nfc
 
 MAX_LENGTH = 4000
 MAX_DEPTH = 50
@@ -239,7 +240,7 @@ def parse(text: str) -> Node:
     """
     if not isinstance(text, str) or not text.strip():
         raise QuerySyntaxError("empty query")
-    return _Parser(text).parse()
+    return _Parser(nfc(text)).parse()  # NFC, as the metadata stored (metadata.make_triple)
 
 
 def to_sql(

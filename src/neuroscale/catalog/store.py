@@ -34,11 +34,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from neuroscale.catalog._deps import require
-from neuroscale.catalog.errors import CatalogConfigError, UnsafePathError
+from neuroscale.catalog.errors import CatalogConfigError, StoreError, UnsafePathError
 from neuroscale.catalog.paths import check_sha256, is_sha256, legacy_object_key, object_key
+from neuroscale.errors import NeuroscaleError
 
 CHUNK = 1 << 20
 #: Block size of large copies and re-hashes: large blocks keep the per-call overhead negligible
@@ -171,12 +172,47 @@ class Store(ABC):
         """Move the temporary copy ``temp`` to the final key of ``sha256``; the move is durable
         on return when ``sync``, else after :meth:`sync`."""
 
-    def sync(self, sha256s: Sequence[str]) -> None:
-        """Make the stored copies of ``sha256s`` (and their directory entries) durable.
+    def sync(self, sha256s: Sequence[str], temp_keys: Sequence[str] = ()) -> None:
+        """Make the stored copies of ``sha256s`` and the ``tmp/`` files ``temp_keys`` (and
+        their directory entries) durable.
 
         The default does nothing: remote object stores acknowledge a write once it is durable.
         """
-        del sha256s
+        del sha256s, temp_keys
+
+    @abstractmethod
+    def hash_temp(self, key: str) -> tuple[str, int]:
+        """Re-hash the ``tmp/`` file ``key``: (digest, size)."""
+
+    def check_writable(self) -> None:
+        """Write, make durable and remove a probe file, so that a store this user cannot
+        write fails before any work rather than in the middle of an ingest.
+
+        Raises
+        ------
+        StoreError
+            The store cannot be written (permission denied, read-only, full).
+        """
+        import io
+
+        tmp = self.write_temp(io.BytesIO(b"neuroscale write probe\n"), sync=True)
+        with self._writing(f"remove {tmp.key}"):
+            self.discard(tmp.key)
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn an ``OSError`` of the store (not of a source file) into one :class:`StoreError`
+        line naming the store and what could not be done."""
+        try:
+            yield
+        except NeuroscaleError:
+            raise
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise StoreError(
+                f"cannot {what} ({reason}): the store must be readable and writable by this user",
+                self.url,
+            ) from exc
 
     @abstractmethod
     def write_new(self, sha256: str, data: bytes) -> bool:
@@ -237,19 +273,22 @@ class LocalStore(Store):
         root = Path(root).expanduser()
         if not root.is_absolute():
             raise CatalogConfigError(f"the store path must be absolute, not {str(root)!r}")
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "objects").mkdir(exist_ok=True)
-        (root / "tmp").mkdir(exist_ok=True)
+        self.url = str(root)
+        with self._writing("create the store's directories"):
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "objects").mkdir(exist_ok=True)
+            (root / "tmp").mkdir(exist_ok=True)
         self.root = Path(os.path.realpath(root))
         self._root_str = str(self.root).rstrip("/")
         self.url = str(self.root)
         self._dirfds: dict[str, int] | None = None
         layout = self.root / "LAYOUT"
         if not layout.is_file():
-            self._upgrade_layout()
-            tmp = self.root / "tmp" / f"LAYOUT.{os.getpid()}.{uuid.uuid4().hex}"
-            tmp.write_text(LAYOUT_VERSION + "\n")
-            os.replace(tmp, layout)
+            with self._writing("upgrade the store's layout"):
+                self._upgrade_layout()
+                tmp = self.root / "tmp" / f"LAYOUT.{os.getpid()}.{uuid.uuid4().hex}"
+                tmp.write_text(LAYOUT_VERSION + "\n")
+                os.replace(tmp, layout)
 
     # -- layout ------------------------------------------------------------------------------
     def _upgrade_layout(self) -> None:
@@ -409,21 +448,30 @@ class LocalStore(Store):
     def write_temp(self, src: BinaryIO, *, sync: bool = True) -> TempObject:
         key = temp_key()
         path = self.path(key)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with self._writing(f"create {key}"):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             with os.fdopen(fd, "wb") as out:
-                sha, size = hash_stream(src, out)
-                out.flush()
-                if sync:
-                    os.fsync(out.fileno())
+                sha, size = hash_stream(src, cast(BinaryIO, _Sink(self, out, key)))
+                with self._writing(f"write {key}"):
+                    out.flush()
+                    if sync:
+                        os.fsync(out.fileno())
         except BaseException:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
         return TempObject(key=key, sha256=sha, size=size)
 
+    def hash_temp(self, key: str) -> tuple[str, int]:
+        with self._writing(f"read {key}"):
+            fd = os.open(self.path(key), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            return hash_stream(fh)
+
     def write_new(self, sha256: str, data: bytes) -> bool:
-        with self._object_dir(sha256, create=True) as dfd:
+        key = object_key(sha256)
+        with self._writing(f"write {key}"), self._object_dir(sha256, create=True) as dfd:
             try:
                 fd = os.open(
                     sha256, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd
@@ -444,26 +492,39 @@ class LocalStore(Store):
 
     def commit(self, temp: str, sha256: str, *, sync: bool = True) -> None:
         src = self.path(temp)
-        with self._object_dir(sha256, create=True) as dfd:
+        key = object_key(sha256)
+        with self._writing(f"move {temp} to {key}"), self._object_dir(sha256, create=True) as dfd:
             os.replace(src, sha256, dst_dir_fd=dfd)
             if sync:
                 os.fsync(dfd)  # type: ignore[arg-type]
 
-    def sync(self, sha256s: Sequence[str]) -> None:
+    def sync(self, sha256s: Sequence[str], temp_keys: Sequence[str] = ()) -> None:
         """fsync each stored file and its directory; with many files, one ``syncfs(2)``.
 
         ``syncfs`` writes back the whole file system (data and journal) in one pass, which is
         much cheaper than one journal commit per fsync when a batch holds many small files.
         """
-        if not sha256s:
+        if not sha256s and not temp_keys:
             return
-        if _SYNCFS is not None and len(sha256s) >= SYNCFS_MIN_FILES:
+        with self._writing("make the stored copies durable"):
+            self._sync(sha256s, temp_keys)
+
+    def _sync(self, sha256s: Sequence[str], temp_keys: Sequence[str]) -> None:
+        if _SYNCFS is not None and len(sha256s) + len(temp_keys) >= SYNCFS_MIN_FILES:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 if _SYNCFS(fd) == 0:
                     return
             finally:
                 os.close(fd)
+        for key in temp_keys:
+            tfd = os.open(self.path(key), os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(tfd)
+            finally:
+                os.close(tfd)
+        if temp_keys:
+            self._fsync_dir(self.root / "tmp")
         dirs: dict[str, str] = {}  # one digest per directory to fsync
         for sha in sha256s:
             ofd = self._open_object(sha)
@@ -482,7 +543,7 @@ class LocalStore(Store):
     def discard(self, key: str) -> None:
         path = self.root / key
         self.path(str(Path(key).parent))  # check the directory, the entry may be a symlink
-        with contextlib.suppress(FileNotFoundError):
+        with self._writing(f"remove {key}"), contextlib.suppress(FileNotFoundError):
             path.unlink()
 
     def hash_stored(self, sha256: str) -> tuple[str, int] | None:
@@ -520,7 +581,9 @@ class LocalStore(Store):
 
     def iter_temp(self) -> Iterator[TempEntry]:
         now = time.time()
-        with os.scandir(self.root / "tmp") as it:
+        with self._writing("list tmp/"):
+            it = os.scandir(self.root / "tmp")
+        with it:
             for entry in it:
                 key = f"tmp/{entry.name}"
                 pid, host = parse_temp_key(key)
@@ -553,23 +616,29 @@ class FsspecStore(Store):
 
     def write_temp(self, src: BinaryIO, *, sync: bool = True) -> TempObject:
         key = temp_key()
-        with self.fs.open(self._full(key), "wb") as out:
+        with self._writing(f"write {key}"), self.fs.open(self._full(key), "wb") as out:
             sha, size = hash_stream(src, out)
         return TempObject(key=key, sha256=sha, size=size)
 
+    def hash_temp(self, key: str) -> tuple[str, int]:
+        with self._writing(f"read {key}"), self.fs.open(self._full(key), "rb") as fh:
+            return hash_stream(fh)
+
     def commit(self, temp: str, sha256: str, *, sync: bool = True) -> None:
-        self.fs.mv(self._full(temp), self._full(object_key(sha256)))
+        with self._writing(f"move {temp} to {object_key(sha256)}"):
+            self.fs.mv(self._full(temp), self._full(object_key(sha256)))
 
     def write_new(self, sha256: str, data: bytes) -> bool:
         full = self._full(object_key(sha256))
         self.fs.invalidate_cache()
         if self.fs.exists(full):
             return False
-        self.fs.pipe_file(full, data)  # one PUT: an object store never shows a partial object
+        with self._writing(f"write {object_key(sha256)}"):
+            self.fs.pipe_file(full, data)  # one PUT: an object store never shows a partial one
         return True
 
     def discard(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with self._writing(f"remove {key}"), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._full(key))
 
     def hash_stored(self, sha256: str) -> tuple[str, int] | None:
@@ -620,6 +689,18 @@ class FsspecStore(Store):
             else:
                 age = 0.0
             yield TempEntry(key=key, pid=pid, host=host, age_s=age)
+
+
+class _Sink:
+    """A file's ``write`` whose ``OSError`` becomes the store's :class:`StoreError` (a read
+    error of the source stays what it is)."""
+
+    def __init__(self, store: Store, out: BinaryIO, key: str) -> None:
+        self.store, self.out, self.key = store, out, key
+
+    def write(self, data: bytes) -> int:
+        with self.store._writing(f"write {self.key}"):
+            return self.out.write(data)
 
 
 def require_failed(url: str, exc: ImportError) -> Exception:
