@@ -179,3 +179,61 @@ def check_success(result: CliResult, *, warning: str | None = None) -> None:
     assert not _TRACEBACK.search(shown), f"traceback on the terminal\n{shown[-3000:]}"
     if warning is not None:
         assert re.search(warning, shown), f"no warning matching {warning!r}\n{shown[-3000:]}"
+
+
+#: JSON keys that say when or how long, not what (left out of :func:`output_differences`)
+_VOLATILE_KEYS = re.compile(r"^(Started|Ended|Timings_s|.*Seconds|.*_s|Date.*|Host.*)$")
+
+
+def _comparable_json(value: object, roots: list[tuple[str, str]]) -> object:
+    if isinstance(value, dict):
+        return {k: _comparable_json(v, roots) for k, v in value.items()
+                if not _VOLATILE_KEYS.match(str(k))}
+    if isinstance(value, list):
+        return [_comparable_json(v, roots) for v in value]
+    if isinstance(value, str):
+        for root, placeholder in roots:
+            value = value.replace(root, placeholder)
+    return value
+
+
+def output_differences(first: Path, second: Path) -> list[str]:
+    """Every difference between two output directories of the same analysis, one line each.
+
+    NIfTI files: the same shape, dtype, affine and exactly equal voxel arrays; TSV and text
+    files: the same bytes; JSON files: equal values, except the keys that hold times
+    (``Started``, ``Ended``, ``Timings_s``...), with each run's own directory (and its
+    ``_work`` twin) written as a placeholder.  HTML reports and figures are not compared.
+    Returns an empty list when the two are the same.
+    """
+    roots = sorted([(str(first) + "_work", "<WORK>"), (str(second) + "_work", "<WORK>"),
+                    (str(first), "<OUT>"), (str(second), "<OUT>")], key=lambda r: -len(r[0]))
+    files = [{p.relative_to(root) for p in root.rglob("*") if p.is_file()}
+             for root in (first, second)]
+    out = [f"{rel}: only in {first if rel in files[0] else second}"
+           for rel in sorted(files[0] ^ files[1])]
+    for rel in sorted(files[0] & files[1]):
+        a, b = first / rel, second / rel
+        if rel.name.endswith((".nii.gz", ".nii")):
+            ia, ib = nib.load(str(a)), nib.load(str(b))
+            da, db = np.asarray(ia.dataobj), np.asarray(ib.dataobj)
+            if da.shape != db.shape or da.dtype != db.dtype:
+                out.append(f"{rel}: shape/dtype {da.shape} {da.dtype} vs {db.shape} {db.dtype}")
+            elif not np.array_equal(da, db, equal_nan=True):
+                diff = np.abs(da.astype(np.float64) - db.astype(np.float64))
+                out.append(f"{rel}: {int((diff > 0).sum())} of {diff.size} voxels differ "
+                           f"(max |difference| {float(np.nanmax(diff)):.3g})")
+            elif not np.array_equal(ia.affine, ib.affine):
+                out.append(f"{rel}: affines differ")
+        elif rel.name.endswith(".json"):
+            ja = _comparable_json(json.loads(a.read_text()), roots)
+            jb = _comparable_json(json.loads(b.read_text()), roots)
+            if ja != jb:
+                keys = (sorted(k for k in set(ja) | set(jb) if ja.get(k) != jb.get(k))
+                        if isinstance(ja, dict) and isinstance(jb, dict) else [])
+                out.append(f"{rel}: JSON values differ {keys[:10]}")
+        elif rel.name.endswith((".html", ".svg", ".png")):
+            continue
+        elif a.read_bytes() != b.read_bytes():
+            out.append(f"{rel}: contents differ")
+    return out

@@ -89,8 +89,13 @@ def cluster_client(
     walltime: str | None = None,
     jobs: int | None = None,
     adaptive: str | tuple[int, int] | None = None,
+    log_file: str | os.PathLike[str] | None = None,
 ) -> Iterator[Any]:
     """A :class:`distributed.Client` on a new cluster or an existing scheduler.
+
+    Whatever the cluster, its workers get the :class:`~neuroscale.compute.determinism.
+    DeterministicITK` plugin (one ITK thread and fixed ANTs seeds in every worker, so results do
+    not depend on where they ran).
 
     Parameters
     ----------
@@ -117,6 +122,11 @@ def cluster_client(
     queue, account, cores, memory, walltime, jobs, adaptive
         Batch clusters only: override the profile's values (see :class:`ClusterProfile`);
         ``adaptive`` is ``"MIN:MAX"`` jobs.
+    log_file : path-like, optional
+        The run's log file (:func:`neuroscale.compute.logs.start_log_file`): the workers of a
+        LocalCluster started here write their Dask records (failed tasks' tracebacks) and
+        warnings there instead of the terminal.  Workers of an existing scheduler or of batch
+        jobs keep their own logging.
 
     Yields
     ------
@@ -152,7 +162,7 @@ def cluster_client(
         with _local_client(scheduler, n_workers=n_workers,
                            threads_per_worker=threads_per_worker or 1,
                            memory_limit=memory_limit, processes=processes,
-                           dashboard=dashboard, quiet=quiet) as client:
+                           dashboard=dashboard, quiet=quiet, log_file=log_file) as client:
             yield client
         return
     local_given = [name for name, v in (("--n-workers", n_workers),
@@ -181,6 +191,7 @@ def cluster_client(
         from distributed import Client
 
         client = Client(jq)
+        register_plugins(client)
     except BaseException:
         jq.close()
         raise
@@ -294,6 +305,7 @@ def _local_client(
     processes: bool,
     dashboard: bool,
     quiet: bool,
+    log_file: str | os.PathLike[str] | None = None,
 ) -> Iterator[Any]:
     """A client on an existing scheduler or a new LocalCluster (see :func:`cluster_client`)."""
     from distributed import Client, LocalCluster
@@ -306,6 +318,7 @@ def _local_client(
         except (OSError, TimeoutError) as exc:
             raise ComputeError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from exc
         try:
+            register_plugins(client)
             if not quiet:
                 _announce(client)
             yield client
@@ -324,14 +337,16 @@ def _local_client(
     per_worker = mem or int(0.9 * total / n_workers)
     import dask.config
 
+    from neuroscale.compute.determinism import ENVIRONMENT as ITK_ENVIRONMENT
+
     # glibc keeps freed chunk buffers mapped in per-thread arenas: two arenas bound the RSS a
     # worker keeps after its tasks (Dask's nanny already sets MALLOC_TRIM_THRESHOLD_)
-    # ITK (ANTs) reads its thread count once per process; one per worker thread keeps
-    # registrations from oversubscribing the cores and makes them reproducible across workers
     # (not MALLOC_MMAP_THRESHOLD_: blocks kept on a worker's heap count as unmanaged memory,
-    # and a worker of 800 MB paused for good at 0.66 GB of them, 25 MB managed: a deadlock)
-    environ = {"MALLOC_ARENA_MAX": "2",
-               "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(max(1, threads_per_worker)),
+    # and a worker of 800 MB paused for good at 0.66 GB of them, 25 MB managed: a deadlock).
+    # ITK's thread count and ANTs' seed are set before the worker starts (the plugin of
+    # register_plugins sets them again, as on any other cluster): one ITK thread whatever the
+    # worker's threads, since ITK's results depend on the count
+    environ = {"MALLOC_ARENA_MAX": "2", **ITK_ENVIRONMENT,
                **dask.config.get("distributed.nanny.pre-spawn-environ", {})}
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
@@ -341,12 +356,14 @@ def _local_client(
                 memory_limit=per_worker,
                 processes=processes,
                 dashboard_address=":0" if dashboard else None,
-                silence_logs=logging.ERROR,
+                # with a log file, Dask's records go there (WorkerLogToFile) and not stderr
+                silence_logs=logging.CRITICAL if log_file is not None else logging.ERROR,
             )
     except Exception as exc:  # pragma: no cover - environment dependent
         raise ComputeError(f"cannot start a local Dask cluster ({exc})") from exc
     client = Client(cluster)
     try:
+        register_plugins(client, log_file=log_file if processes else None)
         if not quiet:
             _announce(client)
         yield client
@@ -427,6 +444,34 @@ def compute_error(exc: BaseException, *, step: str, run: Any = None,
             path = getattr(run, "path", None)
     where = f"sub-{subject}: " if subject else ""
     return ComputeError(f"{where}{step} failed: {describe_failure(exc)}", path=path)
+
+
+def register_plugins(client: Any, *, log_file: str | os.PathLike[str] | None = None) -> None:
+    """Register neuroscale's worker plugins on ``client``'s cluster.
+
+    :class:`~neuroscale.compute.determinism.DeterministicITK` always (ITK threads and ANTs
+    seeds pinned in every worker, present and future); with ``log_file``,
+    :class:`~neuroscale.compute.logs.WorkerLogToFile` (only for workers neuroscale started).
+    The scheduler runs each plugin's setup on the workers that join later.
+
+    Raises
+    ------
+    ComputeError
+        The scheduler refused the plugins (e.g. a worker without neuroscale installed).
+    """
+    from neuroscale.compute.determinism import DeterministicITK
+
+    plugins: list[Any] = [DeterministicITK()]
+    if log_file is not None:
+        from neuroscale.compute.logs import WorkerLogToFile
+
+        plugins.append(WorkerLogToFile(log_file))
+    for plugin in plugins:
+        try:
+            client.register_plugin(plugin, name=plugin.name)
+        except Exception as exc:
+            raise ComputeError(f"cannot set up the Dask workers ({describe_failure(exc)}); "
+                               "is neuroscale installed where the workers run?") from exc
 
 
 def _announce(client: Any) -> None:

@@ -26,7 +26,7 @@ own world frame (registration and segmentation at 2 mm are 20-50x cheaper than a
    and the inverse).
 4. **Segmentation** with Atropos (Avants et al. 2011, Neuroinformatics 9:381-400;
    ``ants.atropos``, k-means initialisation, 3 classes, MRF smoothing 0.1, 1-voxel
-   neighbourhood, 5 iterations) of the T1w clipped at its 99.5th percentile, inside the
+   neighbourhood, 5 iterations, constant seed) of the T1w clipped at its 99.5th percentile, inside the
    template's brain mask brought back through the SyN (it includes the sulcal CSF).  Classes are ordered by mean intensity, so on a T1w they are CSF < GM < WM; the
    discrete segmentation uses **fMRIPrep's dseg convention: 1 = CSF, 2 = GM, 3 = WM** (0 =
    background) and the posteriors are written as ``_label-{CSF,GM,WM}_probseg.nii.gz``.
@@ -44,7 +44,10 @@ Outputs (BIDS derivatives, fMRIPrep names, in ``anat_out_dir``; every image on t
 grid, in T1w space; each with a provenance sidecar): ``_desc-preproc_T1w.nii.gz`` (the
 bias-corrected T1w, for reports), ``_desc-brain_mask.nii.gz``, ``_dseg.nii.gz``,
 ``_label-{CSF,GM,WM}_probseg.nii.gz`` and the two ``_xfm.h5`` transforms.  A re-run whose
-inputs (sha256 of T1w and template) and parameters are unchanged reuses them.
+inputs (sha256 of T1w and template) and parameters are unchanged reuses them.  Every ANTs call
+runs with one ITK thread and fixed seeds (:mod:`neuroscale.compute.determinism`), so the outputs
+are the same, byte for byte, in any process (ITK's sums depend on its thread count; the affine
+stage's metric sample and Atropos are seeded from the clock by default).
 """
 
 from __future__ import annotations
@@ -303,6 +306,14 @@ def _result(subject: str, t1w: Path, template: Path, paths: dict[str, Path], dic
 # the computation
 
 
+def _determinism_params() -> dict[str, Any]:
+    """What makes ANTs reproducible, recorded in the parameters (see
+    :mod:`neuroscale.compute.determinism`)."""
+    from neuroscale.compute.determinism import ANTS_SEED, ITK_THREADS
+
+    return {"ITKThreads": ITK_THREADS, "ANTsRandomSeed": ANTS_SEED, "AtroposRandomSeed": "constant"}
+
+
 def _brain_from_segmentation(dseg: Any) -> Any:
     """Brain mask from the tissue labels (step 5 of the module docstring), as an ANTs image."""
     import ants
@@ -322,6 +333,9 @@ def _compute(t1w: Path, template: Path, tmp: Path, resolution_mm: float,
              syn_iterations: tuple[int, ...], paths: dict[str, Path],
              log: Callable[[str, float], None]) -> tuple[float, dict]:
     """Run steps 1-6 into ``tmp``; return the Dice value and diagnostics (no output written)."""
+    from neuroscale.compute.determinism import pin_itk
+
+    pin_itk()  # one ITK thread, seeded sampling: the same result in any process
     import ants
 
     t = time.perf_counter()
@@ -364,7 +378,9 @@ def _compute(t1w: Path, template: Path, tmp: Path, resolution_mm: float,
     inside = t1n.numpy()[roi.numpy() > 0.5]
     top = float(np.percentile(inside, 99.5)) if inside.size else 1.0
     t1c = t1n.new_image_like(np.clip(t1n.numpy(), 0.0, top).astype(np.float32))
-    seg = ants.atropos(a=t1c, x=roi, i="Kmeans[3]", m="[0.1,1x1x1]", c="[5,0]")
+    # r=0: Atropos's constant seed (by default it seeds from the clock: posteriors differed
+    # call to call)
+    seg = ants.atropos(a=t1c, x=roi, i="Kmeans[3]", m="[0.1,1x1x1]", c="[5,0]", r=0)
     dseg = seg["segmentation"]
     probs = seg["probabilityimages"]
     brain = _brain_from_segmentation(dseg)
@@ -473,6 +489,7 @@ def process_anat(
         "SyNTransform": SYN_TRANSFORM, "SyNIterations": list(syn_iterations),
         "N4SplineDistanceMM": 200, "N4ShrinkFactor": 4, "AtroposClasses": 3,
         "AtroposMRF": "[0.1,1x1x1]", "PriorDilationMM": 6.0,
+        **_determinism_params(),
     }
     expected = provenance_hash([sha for _, sha in sources], params)
     if all(is_up_to_date(p, expected) for p in paths.values()):

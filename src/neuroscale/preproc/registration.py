@@ -6,7 +6,9 @@
   (Mattes et al. 2003, IEEE TMI 22:120-128), initialised by aligning centres of mass, so the
   result does not depend on how close the two headers put the images).  Saved as an ITK text
   transform with fMRIPrep's name ``..._from-boldref_to-T1w_mode-image_xfm.txt`` ("mode-image":
-  given to ``antsApplyTransforms`` it resamples a boldref-space image into T1w space).
+  given to ``antsApplyTransforms`` it resamples a boldref-space image into T1w space).  Its
+  25 % metric sample is seeded (``ANTS_RANDOM_SEED``) and ITK runs one thread
+  (:func:`neuroscale.compute.determinism.pin_itk`): the same transform on any worker.
 * :func:`atlas_to_bold`: an MNI152NLin2009cAsym atlas is carried into the BOLD grid through the
   inverse chain (template -> T1w by the inverse SyN, T1w -> boldref by the inverse rigid) in
   one ``ants.apply_transforms`` call with the ``genericLabel`` interpolator (label-preserving,
@@ -182,6 +184,9 @@ def register_boldref(
     the transform's sidecar records the same inputs (sha256 of the boldref array and affine,
     of the T1w derivatives) and parameters.
     """
+    from neuroscale.compute.determinism import ANTS_SEED, ITK_THREADS, pin_itk
+
+    pin_itk()
     import ants
 
     out_path = Path(out_path)
@@ -197,7 +202,8 @@ def register_boldref(
               "Metric": "Mattes[32 bins, 25 % regular sampling]",
               "Iterations": list(BOLD_ITERATIONS), "ShrinkFactors": [8, 4, 2, 1],
               "BoldrefSHA256": _array_sha(ref, aff, *(() if mask is None else (mask,))),
-              "MinEpiInBrain": float(min_epi_in_brain)}
+              "MinEpiInBrain": float(min_epi_in_brain),
+              "ITKThreads": ITK_THREADS, "ANTsRandomSeed": ANTS_SEED}
     sources = [(anat.preproc_t1w, sha256_file(anat.preproc_t1w)),
                (anat.brain_mask, sha256_file(anat.brain_mask))]
     expected = provenance_hash([s for _, s in sources], params)
@@ -285,6 +291,9 @@ def resample_to_grid(
     -------
     ndarray, shape target_shape[:3], float32
     """
+    from neuroscale.compute.determinism import pin_itk
+
+    pin_itk()
     import ants
 
     shape = tuple(int(s) for s in target_shape[:3])
