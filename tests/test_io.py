@@ -235,3 +235,202 @@ def test_real_run_streams_once_and_matches_nibabel(studyforrest_bold: Path, tmp_
     mean_ref = np.asarray(ref.get_fdata(dtype=np.float32).mean(axis=3, dtype=np.float64))
     np.testing.assert_allclose(img.mean().compute_volume(), mean_ref, rtol=1e-4, atol=1e-3)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# -- issue 11: hostile images at the header check and the streaming ingest -----------------------
+def _patch(path: Path, **fields: object) -> Path:
+    """Set header fields of an uncompressed NIfTI-1 file in place (no nibabel rescaling/checks)."""
+    raw = path.read_bytes()
+    hdr = nib.Nifti1Header.from_fileobj(__import__("io").BytesIO(raw), check=False)
+    for key, value in fields.items():
+        hdr[key] = value
+    path.write_bytes(hdr.binaryblock + raw[348:])
+    return path
+
+
+def test_not_a_regular_file_is_refused_without_opening_it(tmp_path: Path) -> None:
+    import os
+    import time
+
+    fifo = tmp_path / "fifo_bold.nii.gz"
+    os.mkfifo(fifo)
+    dev = tmp_path / "zero_bold.nii.gz"
+    dev.symlink_to("/dev/zero")
+    start = time.monotonic()
+    with pytest.raises(ImageFormatError, match=r"fifo_bold.*not a regular file \(a FIFO"):
+        read_nifti_info(fifo)
+    with pytest.raises(ImageFormatError, match=r"not a regular file \(a character device, "
+                                               r"a symbolic link to /dev/zero\)"):
+        open_image(dev, cache_dir=tmp_path / "c")
+    assert time.monotonic() - start < 5
+    with pytest.raises(ImageFormatError, match="a directory"):
+        read_nifti_info(tmp_path)
+    broken = tmp_path / "broken_bold.nii"
+    broken.symlink_to(tmp_path / "nowhere.nii")
+    with pytest.raises(InputNotFoundError, match="broken symbolic link"):
+        read_nifti_info(broken)
+
+
+def test_gzip_size_bound_from_isize_and_deflate_ratio(tmp_path: Path) -> None:
+    from neuroscale.io.nifti import MAX_DEFLATE_RATIO, gzip_size_bound
+
+    raw = bytes(5_000_000)  # compresses ~1000:1
+    path = tmp_path / "z.gz"
+    path.write_bytes(gzip.compress(raw))
+    size = path.stat().st_size
+    assert size * MAX_DEFLATE_RATIO >= len(raw)  # deflate's limit holds
+    assert gzip_size_bound(path, size) == len(raw)  # single member: ISIZE is exact here
+    bgzf = bytearray(path.read_bytes())
+    bgzf[3] |= 0x04  # FEXTRA, as BGZF sets it: several members, the ratio bound only
+    path.write_bytes(bytes(bgzf))
+    assert gzip_size_bound(path, size) == size * MAX_DEFLATE_RATIO
+
+
+@pytest.mark.parametrize("dims", [[32767, 32767, 32767, 1000], [2000, 2000, 500, 10]])
+def test_absurd_dims_refused_before_streaming(tmp_path: Path, dims: list[int]) -> None:
+    import resource
+    import time
+
+    path = _write(tmp_path / "a.nii", np.ones((13, 11, 7, 30), np.int16))
+    _patch(path, dim=[4, *dims, 1, 1, 1])
+    gz = tmp_path / "a_bold.nii.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    with pytest.raises(TruncatedDataError, match=r"a_bold.*header claims \d+ bytes.*at most"):
+        open_image(gz, cache_dir=tmp_path / "c")
+    with pytest.raises(TruncatedDataError, match="truncated data: file has"):
+        open_image(path, cache_dir=tmp_path / "c")
+    assert time.monotonic() - start < 2
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 100_000  # KiB
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())
+
+
+def test_nifti2_dims_past_int32_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path / "b.nii", np.ones((5, 4, 3, 6), np.int16), nifti2=True)
+    raw = bytearray(path.read_bytes())
+    raw[16:80] = np.array([4, 100_000, 100_000, 100_000, 1000, 1, 1, 1], "<i8").tobytes()
+    gz = tmp_path / "b_bold.nii.gz"
+    gz.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(TruncatedDataError, match=r"header claims 2000000000000000\d+ bytes"):
+        read_nifti_info(gz)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"scl_slope": 3e38}, r"scl_slope=3e\+38 .*int16 values to up to 9.83e\+42, past the float32"),
+    ({"pixdim": [1, 0, 0, 0, 2, 1, 1, 1], "qform_code": 0, "sform_code": 0},
+     r"voxel size \(0.0, 0.0, 0.0\) mm \(pixdim\[1:4\]\) is zero"),
+    ({"pixdim": [1, 3, 0, 3.3, 2, 1, 1, 1], "qform_code": 1, "sform_code": 1}, "is zero"),
+    ({"srow_x": [0, 0, 0, 0], "srow_y": [0, 0, 0, 0], "srow_z": [0, 0, 0, 0], "sform_code": 1,
+      "qform_code": 0}, r"singular affine \(sform"),
+    ({"srow_x": [np.nan, 0, 0, 0], "sform_code": 1}, "non-finite values in the affine"),
+    ({"datatype": 32, "bitpix": 64}, "complex data not supported"),
+    ({"datatype": 128, "bitpix": 24}, r"RGB data not supported \(datatype RGB24\)"),
+])
+def test_header_refusals(tmp_path: Path, fields: dict, message: str) -> None:
+    path = _write(tmp_path / "h.nii", np.ones((4, 4, 4, 40), np.int16))
+    _patch(path, **fields)
+    with pytest.raises(ImageFormatError, match=message):
+        read_nifti_info(path)
+
+
+def test_integer_scaling_within_float32_accepted(tmp_path: Path) -> None:
+    path = _write(tmp_path / "s.nii", np.ones((4, 4, 4, 5), np.int16))
+    _patch(path, scl_slope=1e30)  # 32768 * 1e30 = 3.3e34: representable
+    assert read_nifti_info(path).slope == pytest.approx(1e30)
+
+
+def test_float_values_scaled_past_float32_refused(tmp_path: Path) -> None:
+    data = np.full((4, 4, 4, 5), 1e30, np.float32)
+    path = _write(tmp_path / "f_bold.nii", data)
+    _patch(path, scl_slope=1e10)
+    with pytest.raises(ImageFormatError, match=r"f_bold.*scaled values reach 1e\+40"):
+        open_image(path, cache_dir=tmp_path / "c")
+    assert not list((tmp_path / "c").glob("*"))
+
+
+def test_non_finite_voxels_zeroed_counted_and_left_out_of_the_mask(tmp_path: Path) -> None:
+    from neuroscale.analysis.mask import compute_brain_mask, load_mask
+    from neuroscale.testing import write_synthetic_bold
+
+    src = tmp_path / "syn_bold.nii.gz"
+    write_synthetic_bold(src, shape=(20, 22, 12, 30), seed=2)
+    data = np.asarray(nib.load(src).get_fdata(dtype=np.float32))
+    data[10, 11, 6, 4] = np.inf
+    data[9, 11, 6, :] = np.nan
+    data[10:12, 12:14, 6, 7] = -np.inf
+    nan_path = _write(tmp_path / "nan_bold.nii.gz", data)
+    img = open_image(nan_path, cache_dir=tmp_path / "c")
+    checks = img.meta["input_checks"]
+    assert (checks["n_nonfinite_voxels"], checks["n_nonfinite_values"]) == (6, 1 + 30 + 4)
+    assert any("6 voxels with non-finite values" in w for w in img.meta["warnings"])
+    bad = np.zeros(data.shape[:3], bool)
+    bad[10, 11, 6] = bad[9, 11, 6] = True
+    bad[10:12, 12:14, 6] = True
+    np.testing.assert_array_equal(img.meta["nonfinite"], bad)
+    got = img.data.compute()
+    ref = np.where(np.isfinite(data), data, 0)
+    np.testing.assert_array_equal(got, ref)
+    assert np.isfinite(img.mean().compute_volume()).all()
+    mask = compute_brain_mask(img)
+    assert mask.any() and not (mask & bad).any()
+    full = tmp_path / "full_mask.nii.gz"
+    save_nifti(np.ones(data.shape[:3], np.uint8), img.affine, full, dtype=np.uint8)
+    assert load_mask(full, img).sum() == bad.size - bad.sum()
+    assert np.isfinite(img.to_series(mask).data.compute()).all()
+
+
+@pytest.mark.parametrize("kind", ["constant", "zero"])
+def test_constant_data_refused(tmp_path: Path, kind: str) -> None:
+    from neuroscale.analysis.mask import compute_brain_mask, load_mask
+    from neuroscale.errors import AnalysisError
+
+    rng = np.random.default_rng(1)
+    vol = rng.integers(100, 1000, size=(9, 8, 7, 1)).astype(np.int16)
+    data = np.zeros((9, 8, 7, 25), np.int16) if kind == "zero" else np.repeat(vol, 25, axis=3)
+    path = _write(tmp_path / "k_bold.nii.gz", data)
+    img = open_image(path, cache_dir=tmp_path / "c")
+    assert img.meta["input_checks"]["varies"] is False
+    what = "every value is 0" if kind == "zero" else "no voxel changes"
+    with pytest.raises(AnalysisError, match=rf"k_bold.*constant over time \({what}\)"):
+        compute_brain_mask(img)
+    mask = tmp_path / "m.nii.gz"
+    save_nifti(np.ones((9, 8, 7), np.uint8), img.affine, mask, dtype=np.uint8)
+    with pytest.raises(AnalysisError, match="constant over time"):
+        load_mask(mask, img)
+    data[3, 3, 3, 24] += 1  # one value differs in the last volume: not constant
+    varied = open_image(_write(tmp_path / "v_bold.nii.gz", data), cache_dir=tmp_path / "c")
+    assert varied.meta["input_checks"]["varies"] is True
+
+
+def test_sidecar_tr_mismatch_warns_and_records_both(run4d: tuple[Path, np.ndarray],
+                                                    tmp_path: Path) -> None:
+    path, _ = run4d
+    img = open_image(path, cache_dir=tmp_path / "c", t_r=3.0)
+    assert img.t_r == 3.0
+    checks = img.meta["input_checks"]
+    assert (checks["t_r_header_s"], checks["t_r_sidecar_s"]) == (2.0, 3.0)
+    assert any("RepetitionTime 3 s (JSON sidecar) differs" in w for w in img.meta["warnings"])
+    assert open_image(path, cache_dir=tmp_path / "c", t_r=2.0).meta["warnings"] == []
+
+
+def test_flipped_byte_in_working_copy_reingested(run4d: tuple[Path, np.ndarray], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import neuroscale.image as image_mod
+
+    path, data = run4d
+    first = open_image(path, cache_dir=tmp_path / "c")
+    # a store written in this process is fresh and not re-verified: pretend a later run
+    monkeypatch.setattr(image_mod, "_PROCESS_START", time.time() + 1)
+    store = Path(first.meta["store"])
+    shard = store / "data" / "c" / "0" / "0" / "0" / "0"
+    blob = bytearray(shard.read_bytes())
+    blob[40] ^= 0x10  # inside the first inner chunk
+    shard.write_bytes(bytes(blob))
+    again = open_image(path, cache_dir=tmp_path / "c")
+    assert again.meta["input_checks"]["working_copy_reingested"]
+    assert any("failed its checksum" in w and "re-ingested" in w for w in again.meta["warnings"])
+    np.testing.assert_array_equal(again.data.compute(), data.astype(np.float32))
+    assert open_image(path, cache_dir=tmp_path / "c").meta["warnings"] == []

@@ -19,6 +19,8 @@ Nothing here computes: every method returns a new lazy object.  Only the small 3
 from __future__ import annotations
 
 import json
+import logging
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -759,6 +761,19 @@ def _scaled(block: np.ndarray, slope: float, inter: float) -> np.ndarray:
     return out
 
 
+#: When this process imported neuroscale.image (seconds since the epoch).
+_PROCESS_START = time.time()
+
+
+def _written_before_this_process(store: Path) -> bool:
+    from neuroscale.io.zarr_cache import MANIFEST
+
+    try:
+        return (store / MANIFEST).stat().st_mtime < _PROCESS_START
+    except OSError:
+        return True
+
+
 def open_image(
     path: str | Path,
     *,
@@ -779,12 +794,18 @@ def open_image(
         Where working copies live (default ``$NEUROSCALE_CACHE`` or ``~/.cache/neuroscale``).
     t_r : float, optional
         Repetition time in seconds, overriding the header's ``pixdim[4]`` (BIDS sidecars are
-        authoritative: the pipelines pass ``RepetitionTime`` here).
+        authoritative: the pipelines pass ``RepetitionTime`` here).  When both are known and
+        differ by more than 0.1 %, the override wins and a warning says so.
 
     Returns
     -------
     Image
-        float32 data (x, y, z[, t]) with scaling applied lazily.
+        float32 data (x, y, z[, t]) with scaling applied lazily.  For 4D images
+        ``meta["input_checks"]`` records what the ingest found (``n_nonfinite_voxels``,
+        ``n_nonfinite_values``, ``varies``, ``first_volume_all_zero``, ``t_r_header_s``,
+        ``t_r_sidecar_s``, ``working_copy_reingested``) and ``meta["warnings"]`` the one-line
+        warnings a user must see (non-finite voxels, a TR mismatch, a working copy that failed
+        its checksum and was rebuilt from the source).
 
     Raises
     ------
@@ -805,10 +826,54 @@ def open_image(
                      header=info.header, source=Path(path))
     if info.ndim != 4:
         raise ImageFormatError(f"unsupported number of dimensions {info.ndim}", path)
+    from neuroscale.io.zarr_cache import cache_dir_for, remove_cache, verify_store
+
     limit_heap_retention()
-    store = ingest_nifti(path, cache_dir or default_cache_root(), info=info)
+    root = cache_dir or default_cache_root()
+    warnings: list[str] = []
+    reingested = None
+    existing = cache_dir_for(path, root)
+    if read_manifest(existing) is not None and _written_before_this_process(existing):
+        # reused from an earlier run: every chunk checksum checked first (a store written since
+        # this process started, e.g. by the ingest task a pipeline ran on a worker, is fresh)
+        problem = verify_store(existing)
+        if problem is not None:
+            remove_cache(existing)
+            reingested = problem
+            warnings.append(f"working copy {existing} failed its checksum ({problem}): "
+                            f"re-ingested from {Path(path).name}")
+    store = ingest_nifti(path, root, info=info)
     manifest = read_manifest(store)
     assert manifest is not None
+    name = Path(path).name
+    n_bad = int(manifest.get("n_nonfinite_voxels", 0))
+    if n_bad:
+        warnings.append(
+            f"{n_bad} voxel{'s' if n_bad != 1 else ''} with non-finite values (NaN or Inf; "
+            f"{manifest.get('n_nonfinite_values', 0)} values) in {name}: left out of the brain "
+            "mask (set to 0 in the working copy)")
+    t_r_header = info.t_r_header
+    if t_r is not None and t_r_header is not None and not np.isclose(t_r, t_r_header,
+                                                                     rtol=1e-3, atol=0):
+        warnings.append(
+            f"RepetitionTime {t_r:g} s (JSON sidecar) differs from the header of {name} "
+            f"(pixdim[4] = {t_r_header:g} s): using {t_r:g} s, as BIDS says the sidecar wins")
+    for line in warnings:  # on the terminal now; the pipelines also put them in the report
+        logging.getLogger(__name__).warning(line)
+    nonfinite = None
+    if n_bad:
+        import zarr
+
+        nonfinite = np.asarray(zarr.open_array(str(store), path="nonfinite", mode="r")[:]) > 0
+    checks = {
+        "n_nonfinite_voxels": n_bad,
+        "n_nonfinite_values": int(manifest.get("n_nonfinite_values", 0)),
+        "varies": bool(manifest.get("varies", True)),
+        "first_volume_all_zero": bool(manifest.get("first_volume_all_zero", False)),
+        "t_r_header_s": t_r_header,
+        "t_r_sidecar_s": t_r,
+        "working_copy_reingested": reingested,
+    }
     chunks = tuple(manifest["chunks"])
     raw = da.from_zarr(str(store), component="data", chunks=chunks)
     slope, inter = float(manifest["slope"]), float(manifest["inter"])
@@ -820,7 +885,8 @@ def open_image(
         t_r=t_r if t_r is not None else info.t_r_header,
         header=info.header,
         source=Path(path),
-        meta={"sha256": manifest["sha256"], "store": str(store), "mean": mean},
+        meta={"sha256": manifest["sha256"], "store": str(store), "mean": mean,
+              "input_checks": checks, "warnings": warnings, "nonfinite": nonfinite},
         _raw_txyz=raw,
         _scaling=(slope, inter),
     )

@@ -7,6 +7,10 @@ input is rejected before any work starts, with a one-line message naming the fil
 
 from __future__ import annotations
 
+import io
+import math
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,82 @@ from neuroscale.errors import ImageFormatError, InputNotFoundError, TruncatedDat
 from neuroscale.io.atomic import atomic_path
 
 _HEADER_BYTES = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
+#: Deflate's largest compression ratio (a run of one byte value: 258 bytes per 2-bit code,
+#: about 1032:1, RFC 1951; zlib's technical notes), with room for the gzip framing.
+MAX_DEFLATE_RATIO = 1032
+#: NIfTI datatype codes of RGB(A) voxels.
+_RGB_CODES = {128: "RGB24", 2304: "RGBA32"}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
+def require_regular_file(path: str | Path) -> os.stat_result:
+    """``os.stat`` of ``path`` (symlinks followed) if it is a regular file.
+
+    Nothing is opened, so a FIFO never blocks and a device (``/dev/zero``) is never read.
+
+    Raises
+    ------
+    InputNotFoundError
+        ``path`` (or the target of the symlink it is) does not exist.
+    ImageFormatError
+        ``path`` is a directory, device, FIFO or socket.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise InputNotFoundError(f"broken symbolic link (to {os.readlink(path)})",
+                                     path) from None
+        raise InputNotFoundError("no such file", path) from None
+    except OSError as exc:
+        raise ImageFormatError(f"cannot stat the file ({exc.strerror})", path) from exc
+    if not stat.S_ISREG(st.st_mode):
+        target = f", a symbolic link to {os.readlink(path)}" if path.is_symlink() else ""
+        raise ImageFormatError(f"not a regular file ({_file_kind(st.st_mode)}{target})", path)
+    return st
+
+
+def gzip_size_bound(path: str | Path, compressed_size: int) -> int:
+    """The largest decompressed size a gzip file of ``compressed_size`` bytes can have.
+
+    Deflate cannot exceed :data:`MAX_DEFLATE_RATIO`; for a single-member gzip (what nibabel,
+    FSL, dcm2niix and pigz write) the ISIZE trailer (the size modulo 2**32, RFC 1952) narrows
+    it to the largest size congruent to ISIZE within that bound.  Files whose header has
+    FEXTRA set (BGZF / bgzip: many members, each with its own trailer) get the ratio bound
+    only.
+
+    Parameters
+    ----------
+    path : str or Path
+        A gzip file.
+    compressed_size : int
+        Its size in bytes.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    bound = compressed_size * MAX_DEFLATE_RATIO
+    with open(path, "rb") as fh:
+        head = fh.read(10)
+        if compressed_size < 18 or len(head) < 10 or head[3] & 0x04:  # FEXTRA: BGZF
+            return bound
+        fh.seek(compressed_size - 4)
+        isize = int.from_bytes(fh.read(4), "little")
+    if isize > bound:  # not a valid trailer (e.g. a cut file): the ratio bound only
+        return bound
+    return isize + ((bound - isize) >> 32 << 32)
 
 
 def is_gzip(path: str | Path) -> bool:
@@ -83,12 +163,12 @@ class NiftiInfo:
     @property
     def volume_bytes(self) -> int:
         """Bytes of one 3D volume on disk."""
-        return int(np.prod(self.shape[:3])) * self.dtype.itemsize
+        return math.prod(self.shape[:3]) * self.dtype.itemsize
 
     @property
     def data_bytes(self) -> int:
         """Bytes of the whole data block on disk (decompressed)."""
-        return int(np.prod(self.shape)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def read_nifti_info(path: str | Path) -> NiftiInfo:
@@ -108,14 +188,18 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
     InputNotFoundError
         The file does not exist.
     ImageFormatError
-        Bad magic or header size, invalid dimensions, unsupported data type, non-finite scaling.
+        Not a regular file (a FIFO, a device such as ``/dev/zero``), bad magic or header size,
+        invalid dimensions, unsupported data type (complex, RGB), non-finite scaling or a
+        scaling that takes integer values past the float32 range, zero or non-finite voxel
+        size, a non-finite or singular affine.
     TruncatedDataError
-        An uncompressed file is shorter than its header says (gzip files are checked while
-        streaming, see :func:`neuroscale.io.zarr_cache.ingest_nifti`).
+        The file is too small for the data its header describes: an uncompressed file shorter
+        than ``vox_offset`` + the data, or a gzip file whose decompressed size cannot reach
+        it (:func:`gzip_size_bound`); the rest of a gzip file is checked while streaming (see
+        :func:`neuroscale.io.zarr_cache.ingest_nifti`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputNotFoundError("no such file", path)
+    size = require_regular_file(path).st_size
     compressed = is_gzip(path)
     try:
         with open_raw(path) as fh:
@@ -146,10 +230,19 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
     shape = tuple(int(s) for s in header.get_data_shape())
     if not shape or min(shape) < 1:
         raise ImageFormatError(f"invalid dimensions {shape}", path)
+    code = int(header["datatype"])
+    if code in _RGB_CODES:
+        raise ImageFormatError(f"RGB data not supported (datatype {_RGB_CODES[code]})", path)
     try:
         dtype = header.get_data_dtype()
     except Exception as exc:
         raise ImageFormatError(f"unsupported data type ({exc})", path) from exc
+    if dtype.kind == "c":
+        raise ImageFormatError(
+            f"complex data not supported (datatype {dtype.name}): store the magnitude "
+            "(or the real part) as a real image", path)
+    if dtype.fields is not None or dtype.kind not in "iuf":
+        raise ImageFormatError(f"data type {dtype} not supported", path)
     raw_slope = float(np.asarray(header["scl_slope"]))
     raw_inter = float(np.asarray(header["scl_inter"]))
     if np.isinf(raw_slope) or (
@@ -162,10 +255,30 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
         slope, inter = raw_slope, raw_inter
     else:  # NIfTI: slope 0 (or nibabel's NaN) means "no scaling"
         slope, inter = 1.0, 0.0
-    affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    if dtype.kind in "iu":  # any stored value may occur: the range of the type must fit
+        limits = np.iinfo(dtype)
+        reach = max(-int(limits.min), int(limits.max)) * abs(slope) + abs(inter)
+        if not reach <= _FLOAT32_MAX:
+            raise ImageFormatError(
+                f"scl_slope={slope:g} (scl_inter={inter:g}) scales the stored {dtype.name} "
+                f"values to up to {reach:.3g}, past the float32 range", path)
+    zooms = tuple(float(z) for z in header.get_zooms())
+    try:
+        affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    except Exception as exc:  # nibabel's HeaderDataError on an unusable qform
+        raise ImageFormatError(f"unusable qform/sform ({exc})", path) from exc
     if not np.all(np.isfinite(affine)):
         raise ImageFormatError("non-finite values in the affine (qform/sform)", path)
-    zooms = tuple(float(z) for z in header.get_zooms())
+    # nibabel's header check silently sets zero pixdims to 1 mm: look at the stored values
+    stored = header_class.from_fileobj(io.BytesIO(raw), check=False)["pixdim"]
+    voxel = tuple(float(v) for v in stored[1 : 1 + min(3, len(shape))])
+    if not all(math.isfinite(v) and v != 0 for v in voxel):
+        raise ImageFormatError(f"voxel size {tuple(voxel)} mm (pixdim[1:4]) is zero or not "
+                               "finite", path)
+    if abs(float(np.linalg.det(affine[:3, :3]))) < 1e-9:
+        raise ImageFormatError(
+            f"singular affine ({'sform' if int(header['sform_code']) > 0 else 'qform'} maps the "
+            "voxel grid onto a plane, a line or a point: determinant 0)", path)
     t_r_header: float | None = None
     if len(shape) >= 4:
         _, t_unit = header.get_xyzt_units()
@@ -187,13 +300,20 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
         t_r_header=t_r_header,
         header=header,
     )
+    need = vox_offset + math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if not compressed:
-        size = path.stat().st_size
-        if size < vox_offset + info.data_bytes:
+        if size < need:
             raise TruncatedDataError(
-                f"truncated data: file has {size} bytes, header needs {vox_offset + info.data_bytes}",
+                f"truncated data: file has {size} bytes, header needs {need}",
                 path,
             )
+    else:
+        most = gzip_size_bound(path, size)
+        if need > most:
+            raise TruncatedDataError(
+                f"truncated data: the header claims {need} bytes of data (shape {shape}, "
+                f"{dtype.name}) but this {size}-byte gzip file decompresses to at most {most} "
+                "(gzip size trailer, deflate's 1032:1 ratio)", path)
     return info
 
 

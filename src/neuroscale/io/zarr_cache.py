@@ -6,6 +6,12 @@ inflater (2.5-3x faster than zlib on this kind of machine, see ``PERFORMANCE.md`
 * its compressed bytes are hashed (sha256, for provenance and cache validation),
 * its gzip CRC-32 is checked (nibabel alone does not notice a flipped byte),
 * the voxel mean over time is accumulated (the mean EPI for the brain mask, for free),
+* non-finite values (NaN, +-Inf; float data only) are set to 0 in the working copy, and the
+  voxels holding any are counted and stored as a ``nonfinite`` (x, y, z) array, so the brain
+  mask leaves them out and every output stays finite,
+* whether any voxel varies over time is noted (the first volume against every block, until
+  one differs: on real data one comparison of the first block), so constant or all-zero data
+  are refused before any analysis,
 
 and the volumes are written to a Zarr v3 array laid out for the access that follows.  The
 decoder, the writer and the hash run in three threads (the decoder is the critical path; the
@@ -23,6 +29,10 @@ x-planes over all time points is then a handful of chunk reads and, once reshape
 ``(t, x_chunk * y * z)``, is exactly the C-order (x, y, z) voxel order nilearn uses, so the
 :class:`neuroscale.image.Series` view is a reshape plus a mask, with no transpose.  Volumes
 (the :class:`neuroscale.image.Image` view) are ``x / x_chunk`` reads each.
+
+Every inner chunk ends with a CRC-32C (Zarr v3's ``crc32c`` codec, which zarr-python checks
+too), verified on every direct read (:mod:`neuroscale.io.shards`) and over the whole store by
+:func:`verify_store` when a working copy is reused.
 
 A ``_neuroscale.json`` manifest is written **last**; a store without it is incomplete and is
 rebuilt (zarr reads missing chunks back as the fill value without an error).  The store is
@@ -51,7 +61,8 @@ from neuroscale.io.nifti import NiftiInfo, read_nifti_info
 from neuroscale.io.shards import ShardedArray
 
 MANIFEST = "_neuroscale.json"
-LAYOUT_VERSION = 2
+#: 3: inner chunks carry a crc32c; the manifest records the non-finite and constant-data facts
+LAYOUT_VERSION = 3
 
 #: Target size of one series chunk (all time points of an x-slab, float32), bytes.
 SERIES_CHUNK_BYTES = 16 * 2**20
@@ -72,11 +83,11 @@ DIRECT_WRITES = True
 
 
 def _compressors() -> Any:
-    if not COMPRESS:
-        return None
-    from zarr.codecs import BloscCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
-    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    if not COMPRESS:
+        return [Crc32cCodec()]
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()]
 
 
 def choose_layout(shape: tuple[int, ...], itemsize: int, min_slabs: int = 8) -> tuple[int, int]:
@@ -196,6 +207,58 @@ def _add_volume_sums(total: np.ndarray, block: np.ndarray) -> None:
         total += block.sum(axis=0, dtype=np.float64)
 
 
+class _ValueChecks:
+    """Facts about the values gathered block by block while streaming (one pass, no re-read).
+
+    * ``bad`` (z, y, x) bool: voxels with at least one non-finite value (float data only); those
+      values are set to 0 in the block, in place, before it is stored;
+    * ``varies``: some voxel differs from its value in the first volume;
+    * ``lo``, ``hi``: the smallest and largest finite stored value, kept only where scaling or a
+      float64 source could take a value past the float32 range.
+    """
+
+    def __init__(self, dtype: np.dtype, shape_zyx: tuple[int, int, int], scaled: bool) -> None:
+        self.is_float = dtype.kind == "f"
+        self.bad = np.zeros(shape_zyx, dtype=bool) if self.is_float else None
+        self.n_bad_values = 0
+        self.first: np.ndarray | None = None
+        self.varies = False
+        self.track_range = self.is_float and (scaled or dtype.itemsize > 4)
+        self.lo = math.inf
+        self.hi = -math.inf
+
+    def add(self, block: np.ndarray) -> None:
+        """Check one ``(n, z, y, x)`` block (writable: non-finite values are zeroed in place)."""
+        if self.is_float:
+            finite = np.isfinite(block)
+            if not finite.all():
+                assert self.bad is not None
+                nonfinite = ~finite
+                self.n_bad_values += int(nonfinite.sum())
+                self.bad |= nonfinite.any(axis=0)
+                block[nonfinite] = 0
+            del finite
+            if self.track_range and block.size:
+                self.lo = min(self.lo, float(block.min()))
+                self.hi = max(self.hi, float(block.max()))
+        if self.first is None:
+            self.first = block[0].copy()
+        if not self.varies:
+            self.varies = bool((block != self.first).any())
+
+    def check_range(self, slope: float, inter: float, path: Path) -> None:
+        """Refuse float data whose scaled values leave the float32 range."""
+        if not self.track_range or self.lo > self.hi:
+            return
+        top = float(np.finfo(np.float32).max)
+        ends = [self.lo * slope + inter, self.hi * slope + inter]
+        if not all(math.isfinite(v) and abs(v) <= top for v in ends):
+            raise ImageFormatError(
+                f"scaled values reach {max(abs(v) for v in ends):.3g} (stored {self.lo:.3g} .. "
+                f"{self.hi:.3g}, scl_slope={slope:g}, scl_inter={inter:g}): past the float32 range",
+                path)
+
+
 def _inner_chunks(ordered: np.ndarray, piece: np.ndarray) -> Iterator[np.ndarray]:
     """The inner chunks of one shard, ``ordered[:, k * w : (k + 1) * w]``, copied into ``piece``."""
     w = piece.shape[1]
@@ -236,12 +299,15 @@ def ingest_nifti(
     -------
     Path
         The ``.zarr`` store directory; its manifest holds the source's sha256, the affine,
-        scaling and the voxel-wise mean (``mean`` array, float32, (x, y, z)).
+        scaling, ``n_nonfinite_voxels`` / ``n_nonfinite_values`` (NaN or Inf, set to 0 in the
+        copy; the voxels in the ``nonfinite`` array, uint8, (x, y, z)), ``varies`` (False:
+        every voxel is constant over time) and ``first_volume_all_zero``; the store also holds
+        the voxel-wise mean (``mean`` array, float32, (x, y, z)).
 
     Raises
     ------
     ImageFormatError
-        Not 4D, bad header.
+        Not 4D, bad header, float values that scaling takes past the float32 range.
     TruncatedDataError
         Data or gzip stream ends early.
     CorruptedFileError
@@ -266,6 +332,7 @@ def ingest_nifti(
 
     stream: Any = igzip.IGzipFile(fileobj=raw, mode="rb") if info.compressed else raw
     total = np.zeros((nz, ny, nx), dtype=np.float64)  # file order
+    checks = _ValueChecks(info.dtype, (nz, ny, nx), info.slope != 1.0 or info.inter != 0.0)
     q: queue.Queue = queue.Queue()
     free: queue.Queue = queue.Queue()
     stop = threading.Event()
@@ -310,6 +377,7 @@ def ingest_nifti(
                 # on disk: x fastest, so (t, z, y, x) in C order; store as (t, x, y, z)
                 block = np.frombuffer(buf, dtype=info.dtype, count=n * nx * ny * nz)
                 block = block.reshape(n, nz, ny, nx)
+                checks.add(block)
                 _add_volume_sums(total, block)
                 # one (z, x) plane transpose per y: ~1.6x faster than one 4D copyto
                 for y in range(ny):
@@ -329,8 +397,14 @@ def ingest_nifti(
             hasher.join()
             if "error" in hashed:
                 raise hashed["error"]
+            checks.check_range(info.slope, info.inter, path)
             mean = (total.transpose(2, 1, 0) / nt) * info.slope + info.inter
             group.create_array("mean", data=mean.astype(np.float32))
+            n_bad = 0
+            if checks.bad is not None and checks.bad.any():
+                n_bad = int(checks.bad.sum())
+                group.create_array("nonfinite",
+                                   data=checks.bad.transpose(2, 1, 0).astype(np.uint8))
             manifest = {
                 "layout_version": LAYOUT_VERSION,
                 "source": _source_key(path),
@@ -343,6 +417,11 @@ def ingest_nifti(
                 "inter": info.inter,
                 "zooms": list(info.zooms),
                 "t_r_header": info.t_r_header,
+                "n_nonfinite_voxels": n_bad,
+                "n_nonfinite_values": checks.n_bad_values,
+                "varies": checks.varies,
+                "first_volume_all_zero": bool(checks.first is not None
+                                              and not checks.first.any()),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     except (EOFError, TruncatedDataError) as exc:
@@ -364,6 +443,31 @@ def ingest_nifti(
             producer.join(timeout=5)
         raw.close()
     return store
+
+
+def verify_store(store: str | Path) -> str | None:
+    """Check every chunk checksum of a working copy without decoding it.
+
+    Parameters
+    ----------
+    store : str or Path
+        A ``.zarr`` working copy.
+
+    Returns
+    -------
+    str or None
+        None when every shard index and inner chunk matches its CRC-32C (or the layout is not
+        the direct one, which zarr-python checks itself on reading), else what failed (one line,
+        naming the shard).
+    """
+    arr = ShardedArray.open(Path(store) / "data")
+    if arr is None:
+        return None
+    try:
+        arr.verify()
+    except CorruptedFileError as exc:
+        return str(exc)
+    return None
 
 
 def remove_cache(store: str | Path) -> None:
