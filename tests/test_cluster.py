@@ -302,7 +302,7 @@ def test_failed_runs_do_not_stop_the_others(monkeypatch: pytest.MonkeyPatch,
 
     def flaky_block(block: np.ndarray, *args: Any, **kwargs: Any) -> Any:
         if block.shape[0] == 44:  # sub-01's blocks: all 44 time points of some voxels
-            raise _fake_killed_worker()  # inside a task of phase A
+            raise _fake_killed_worker()  # inside a task of phase B (ALFF)
         return real_block(block, *args, **kwargs)
 
     monkeypatch.setattr(alff_mod, "alff_block", flaky_block)
@@ -324,7 +324,7 @@ def test_failed_runs_do_not_stop_the_others(monkeypatch: pytest.MonkeyPatch,
     assert isinstance(err, ComputeError) and isinstance(err, NeuroscaleError)
     text = str(err)
     assert "\n" not in text
-    assert "sub-01_task-rest_bold.nii.gz" in text and "sub-01: phase A: QC, ALFF, denoising" \
+    assert "sub-01_task-rest_bold.nii.gz" in text and "sub-01: phase B: ALFF, denoising" \
         in text and "KilledWorker" in text
     assert by_sub["02"].error is None
     assert (tmp_path / "out" / "sub-02" / "func" / "sub-02_task-rest_stat-reho_boldmap.nii.gz"

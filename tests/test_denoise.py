@@ -379,3 +379,28 @@ def test_real_run_too_short_message(real_series: tuple[Series, np.ndarray]) -> N
     msg = str(err.value)
     assert msg.startswith(str(series.source))
     assert re.search(r"30 volumes .*low_pass=0.1 Hz, high_pass=0.01 Hz.* at least 34 volumes", msg)
+
+
+@pytest.mark.parametrize("kw", [{}, {"detrend": False}, {"sample_mask": np.arange(5, 150)},
+                                {"standardize": None}],
+                         ids=["defaults", "detrend=False", "sample_mask", "standardize=None"])
+def test_clean_with_scale_undoes_the_zscoring(synthetic: dict[str, Any], kw: dict[str, Any]
+                                              ) -> None:
+    """z is clean()'s result bit for bit; scale * z + offset is nilearn's unstandardised clean."""
+    from neuroscale.analysis.denoise import clean_with_scale
+
+    arr, conf = synthetic["arr"], synthetic["conf"]
+    params: dict[str, Any] = {"detrend": True, "standardize": "zscore_sample", "low_pass": 0.1,
+                              "high_pass": 0.01, "filter": "butterworth", "confounds": conf}
+    params.update(kw)
+    out, scale = clean_with_scale(_series(arr, chunk=250), **params)
+    z, s = dask.compute(out.data, scale)
+    assert s.shape == (2, arr.shape[1]) and s.dtype == np.float32
+    np.testing.assert_array_equal(z, clean(_series(arr, chunk=250), **params).data.compute())
+    ref_kw = {**params, "standardize": None}
+    _assert_close(s[0] * z + s[1], _nilearn(arr, t_r=2.0, **ref_kw))
+    if params["standardize"] is None:
+        np.testing.assert_array_equal(s, np.vstack([np.ones(arr.shape[1]),
+                                                    np.zeros(arr.shape[1])]))
+    with pytest.raises(ConfigurationError, match="psc"):
+        clean_with_scale(_series(arr), standardize="psc")

@@ -59,7 +59,8 @@ def test_participant_pipeline_runs_in_workers_smaller_than_the_data(tmp_path: Pa
     # an hour on 2 cores)
     config = ParticipantConfig(work_dir=tmp_path / "work", atlases=[atlas],
                                seeds=[(0.0, 0.0, 0.0, 9.0)], centrality=False, report=False,
-                               progress=False, motion_correction=False, registration=False)
+                               progress=False, motion_correction=False, registration=False,
+                               atlas_space="bold")  # the synthetic atlas is on the BOLD grid
     import threading
 
     import psutil

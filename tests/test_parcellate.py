@@ -389,3 +389,29 @@ def test_real_run_harvard_oxford_matches_nilearn(forrest, shared_data):
     np.testing.assert_allclose(ours[:, cols], ref, rtol=RTOL)
     cov = parcel_coverage(mask, atlas)
     assert np.all((cov >= 0) & (cov <= 1)) and 0 < np.mean(cov) < 1
+
+
+def test_voxel_scale_gives_the_means_of_the_unstandardised_voxels():
+    """Parcel means of scale * z + offset equal the plain means of the unstandardised voxels
+    (the convention of nilearn's NiftiLabelsMasker / XCP-D), not the means of z."""
+    atlas, series, vol, mask, signals = _synthetic()
+    x = np.asarray(series.data, dtype=np.float64)
+    rng = np.random.default_rng(3)
+    x = x * rng.uniform(0.5, 4.0, size=x.shape[1]) + rng.normal(0, 10, size=x.shape[1])
+    mean, sd = x.mean(axis=0), x.std(axis=0, ddof=1)
+    z = Series(data=da.from_array(((x - mean) / sd).astype(np.float32), chunks=(30, 37)),
+               mask=mask, affine=np.eye(4), t_r=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the empty parcel
+        got = parcel_timeseries(z, atlas, voxel_scale=np.vstack([sd, mean])).compute()
+        plain = parcel_timeseries(z, atlas).compute()
+    in_mask_labels = atlas.labels[mask]
+    for j, v in enumerate((3, 7, 20)):
+        ref = x[:, in_mask_labels == v].mean(axis=1)
+        np.testing.assert_allclose(got[:, j], ref, rtol=RTOL, atol=RTOL * np.abs(ref).max())
+        assert not np.allclose(plain[:, j], ref, rtol=0.01)
+    assert np.isnan(got[:, 3]).all()
+    from neuroscale.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="voxel_scale"):
+        parcel_timeseries(z, atlas, voxel_scale=np.ones((2, 3)))

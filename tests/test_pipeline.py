@@ -252,3 +252,88 @@ def test_derivatives_registered_in_catalog(tmp_path: Path) -> None:
     lineage = Catalog(url).lineage(alff)
     text = repr(lineage)
     assert hashlib.sha256(bold.read_bytes()).hexdigest() in text
+
+
+@pytest.fixture(scope="module")
+def epi_only_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """The whole example without registration or motion correction, AAL taken as a
+    BOLD-space label image (``--atlas-space bold``): a run whose denoising nilearn can redo."""
+    out = tmp_path_factory.mktemp("epi") / "out"
+    code = main([str(EXAMPLE), str(out), "participant", "--atlas", str(ATLAS),
+                 "--atlas-space", "bold", "--seed", SEED, "--no-registration",
+                 "--no-motion-correction", "--no-centrality", "--no-report", "--no-progress",
+                 "--n-workers", "2", "--memory-limit", "3GB"])
+    return out, code
+
+
+def _nilearn_denoised(out: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image, dict]:
+    """The run denoised by nilearn alone, *unstandardised*, with the confounds neuroscale
+    applied (read back from its confounds TSV and the regressor names in its sidecar)."""
+    from nilearn.masking import apply_mask, unmask
+    from nilearn.signal import clean
+
+    from neuroscale.analysis.confounds import load_confounds
+
+    func = out / "sub-02" / "func"
+    mask_img = nib.load(func / f"{PREFIX}_desc-brain_mask.nii.gz")
+    sidecar = json.loads((func / f"{PREFIX}_atlas-aal_stat-mean_timeseries.json").read_text())
+    names = sidecar["ConfoundRegressors"]
+    conf, got_names = load_confounds(func / f"{PREFIX}_desc-confounds_timeseries.tsv",
+                                     strategy=[f"^{n}$" for n in names])
+    assert got_names == names
+    bold = nib.load(EXAMPLE / "sub-02" / "func" / f"{PREFIX}_bold.nii.gz")
+    x = apply_mask(nib.Nifti1Image(np.asarray(bold.dataobj, dtype=np.float32), bold.affine),
+                   mask_img)
+    den = clean(x.astype(np.float64), detrend=True, standardize=None, confounds=conf,
+                standardize_confounds=True, filter="butterworth", low_pass=0.1,
+                high_pass=0.01, t_r=2.0)
+    return unmask(den.astype(np.float32), mask_img), mask_img, sidecar
+
+
+@pytest.mark.slow
+def test_parcel_and_seed_signals_follow_nilearn_maskers(epi_only_run: tuple[Path, int]) -> None:
+    """Parcel (seed) series are the mean of the denoised, unstandardised voxels: nilearn's
+    NiftiLabelsMasker (NiftiSpheresMasker) on the denoised image, as XCP-D; without
+    registration the confounds fall back to the global signal + expansions, said loudly."""
+    import warnings
+
+    from nilearn.maskers import NiftiLabelsMasker, NiftiSpheresMasker
+
+    out, code = epi_only_run
+    assert code == 0
+    func = out / "sub-02" / "func"
+    den_img, mask_img, sidecar = _nilearn_denoised(out)
+    assert sidecar["NuisanceStrategyApplied"] == "GS4"
+    assert "no motion correction" in sidecar["NuisanceStrategyFallback"]
+    assert sidecar["Parameters"]["partial_correlation"]["zscored_before_estimation"] is True
+    ours = pd.read_csv(func / f"{PREFIX}_atlas-aal_stat-mean_timeseries.tsv", sep="\t",
+                       na_values="n/a")
+    masker = NiftiLabelsMasker(labels_img=str(ATLAS), mask_img=mask_img, strategy="mean",
+                               standardize=None, resampling_target="data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # labels outside the mask
+        ref = masker.fit_transform(den_img)
+    ids = [v for k, v in masker.region_ids_.items() if k != "background"]
+    values = np.unique(np.asarray(nib.load(ATLAS).dataobj))
+    cols = np.searchsorted(values[values > 0], ids)
+    got = ours.to_numpy()[:, cols]
+    assert got.shape == ref.shape and len(ids) > 50
+    scale = np.abs(ref).max(axis=0)
+    np.testing.assert_allclose(got / scale, ref / scale, rtol=0, atol=1e-4)
+    pearson = pd.read_csv(func / f"{PREFIX}_atlas-aal_stat-pearsoncorrelation_relmat.tsv",
+                          sep="\t", index_col="Node", na_values="n/a").to_numpy()[np.ix_(cols, cols)]
+    np.testing.assert_allclose(pearson, np.corrcoef(ref.T), atol=1e-4)
+    # the seed: NiftiSpheresMasker's mean of the denoised voxels, correlated with every voxel
+    x, y, z, radius = (float(v) for v in SEED.split(","))
+    seed_ts = NiftiSpheresMasker([(x, y, z)], radius=radius, mask_img=mask_img,
+                                 standardize=None).fit_transform(den_img)[:, 0]
+    mask = np.asarray(mask_img.dataobj) > 0
+    vox = np.asarray(den_img.dataobj)[mask].astype(np.float64)
+    s = seed_ts - seed_ts.mean()
+    c = vox - vox.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (c @ s) / np.sqrt((c**2).sum(axis=1) * (s @ s))
+    expected = np.arctanh(np.clip(np.nan_to_num(r), -(1 - 1e-7), 1 - 1e-7))
+    seed_map = np.asarray(nib.load(func / f"{PREFIX}_seed-1_stat-fisherz_boldmap.nii.gz")
+                          .dataobj)[mask]
+    np.testing.assert_allclose(seed_map, expected, atol=2e-4)

@@ -81,3 +81,21 @@ def test_real_run_matches_nilearn(studyforrest_bold: Path, cache_dir: Path) -> N
         masker = NiftiSpheresMasker([seed], radius=radius, mask_img=mask_img, standardize=None)
         seed_ts = masker.fit_transform(bold)[:, 0]
         np.testing.assert_allclose(got, _fisher_z(seed_ts, x), rtol=1e-4, atol=1e-5)
+
+
+def test_seed_signal_is_the_mean_of_the_unstandardised_voxels() -> None:
+    """With voxel_scale, the seed signal is the mean of scale * z + offset (NiftiSpheresMasker
+    on the denoised image), and the map correlates every voxel with it."""
+    series, _ = synthetic_series(60, (10, 10, 8), seed=5, chunks=97)
+    x = np.asarray(series.data, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    x = x * rng.uniform(0.2, 5.0, size=x.shape[1]) + 100.0
+    mean, sd = x.mean(axis=0), x.std(axis=0, ddof=1)
+    sd[sd == 0] = 1.0
+    z = series.with_data(dask.array.from_array(((x - mean) / sd).astype(np.float32),
+                                               chunks=series.data.chunks))
+    centre = z.affine[:3, :3] @ np.array([5.0, 5.0, 4.0]) + z.affine[:3, 3]
+    got = seed_correlation(z, centre, radius_mm=6.0, voxel_scale=np.vstack([sd, mean])).compute()
+    idx = sphere_voxels(z.mask, z.affine, centre, 6.0)
+    assert idx.size > 3
+    np.testing.assert_allclose(got, _fisher_z(x[:, idx].mean(axis=1), x), rtol=1e-4, atol=1e-5)

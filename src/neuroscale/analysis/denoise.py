@@ -33,7 +33,12 @@ import numpy as np
 
 from neuroscale.errors import AnalysisError, ConfigurationError, MissingMetadataError
 from neuroscale.image import Series
-from neuroscale.kernels.signal import clean_block, psc_finish_block, psc_parts_block
+from neuroscale.kernels.signal import (
+    clean_block,
+    clean_scaled_block,
+    psc_finish_block,
+    psc_parts_block,
+)
 
 __all__ = [
     "BUTTERWORTH_ORDER",
@@ -44,6 +49,7 @@ __all__ = [
     "censoring_mask",
     "censoring_summary",
     "clean",
+    "clean_with_scale",
 ]
 
 #: XCP-D-style motion censoring threshold on framewise displacement, mm.
@@ -396,6 +402,84 @@ def clean(
     >>> cleaned.data.dtype, cleaned.data.chunks == series.data.chunks            # doctest: +SKIP
     (dtype('float32'), True)
     """
+    return _clean(series, t_r=t_r, detrend=detrend, standardize=standardize, low_pass=low_pass,
+                  high_pass=high_pass, filter=filter, confounds=confounds,
+                  standardize_confounds=standardize_confounds, sample_mask=sample_mask)[0]
+
+
+def clean_with_scale(
+    series: Series,
+    *,
+    t_r: float | None = None,
+    detrend: bool = True,
+    standardize: str | bool | None = "zscore_sample",
+    low_pass: float | None = 0.1,
+    high_pass: float | None = 0.01,
+    filter: str | bool | None = "butterworth",
+    confounds: Any = None,
+    standardize_confounds: bool = True,
+    sample_mask: Any = None,
+) -> tuple[Series, da.Array]:
+    """:func:`clean`, plus what undoes the standardisation of each voxel (lazy).
+
+    Parcel and seed time series follow the field's convention (nilearn's
+    ``NiftiLabelsMasker`` / ``NiftiSpheresMasker`` on the denoised image, XCP-D's
+    ``NiftiParcellate``): the mean of the denoised voxels *before* each voxel is z-scored.
+    Keeping each voxel's scale and offset (a ``(2, n_voxels)`` vector pair) beside the
+    z-scored series lets them be computed from the one z-scored store, without a second 4D
+    copy.
+
+    Parameters
+    ----------
+    series, t_r, detrend, low_pass, high_pass, filter, confounds, standardize_confounds, \
+sample_mask
+        As in :func:`clean`.
+    standardize : {"zscore_sample", None}
+        As in :func:`clean`; ``"psc"`` is refused (its scaling is not one factor per voxel
+        known from the chunk alone).
+
+    Returns
+    -------
+    denoised : Series
+        Exactly :func:`clean`'s result (same numbers, same chunks).
+    scale : dask array, shape (2, n_voxels), float32
+        Row 0 the scale, row 1 the offset of every voxel, in mask order: ``scale[0] * z +
+        scale[1]`` is ``nilearn.signal.clean(..., standardize=False)`` (float32 rounding).
+        With ``standardize=None`` the rows are 1 and 0.
+
+    Raises
+    ------
+    ConfigurationError
+        ``standardize="psc"``, or anything :func:`clean` refuses.
+    MissingMetadataError, AnalysisError
+        As :func:`clean`.
+    """
+    if standardize == "psc":
+        raise ConfigurationError("clean_with_scale: standardize='psc' has no per-voxel scale",
+                                 series.source)
+    out, scale = _clean(series, t_r=t_r, detrend=detrend, standardize=standardize,
+                        low_pass=low_pass, high_pass=high_pass, filter=filter,
+                        confounds=confounds, standardize_confounds=standardize_confounds,
+                        sample_mask=sample_mask, keep_scale=True)
+    assert scale is not None
+    return out, scale
+
+
+def _clean(
+    series: Series,
+    *,
+    t_r: float | None,
+    detrend: bool,
+    standardize: str | bool | None,
+    low_pass: float | None,
+    high_pass: float | None,
+    filter: str | bool | None,
+    confounds: Any,
+    standardize_confounds: bool,
+    sample_mask: Any,
+    keep_scale: bool = False,
+) -> tuple[Series, da.Array | None]:
+    """The body of :func:`clean` / :func:`clean_with_scale` (``keep_scale``)."""
     src = series.source
     n_t = series.n_timepoints
     # ---- choices ------------------------------------------------------------------------
@@ -488,9 +572,21 @@ def clean(
     data = series.data
     out_chunks = ((n_out,), data.chunks[1])
     meta32 = np.empty((0, 0), dtype=np.float32)
-    if standardize != "psc":
+    scale: da.Array | None = None
+    if keep_scale and standardize == "zscore_sample":
+        # one task per chunk cleans it once and returns z (n_out rows), scale and offset
+        stacked = da.map_blocks(clean_scaled_block, data, chunks=((n_out + 2,), data.chunks[1]),
+                                dtype=np.float32, meta=meta32, **kw)
+        out = stacked[:n_out]
+        scale = stacked[n_out:]
+    elif standardize != "psc":
         out = da.map_blocks(clean_block, data, standardize=standardize, chunks=out_chunks,
                             dtype=np.float32, meta=meta32, **kw)
+        if keep_scale:
+            n_v = data.shape[1]
+            scale = da.concatenate([da.ones((1, n_v), dtype=np.float32, chunks=(1, data.chunks[1])),
+                                    da.zeros((1, n_v), dtype=np.float32,
+                                             chunks=(1, data.chunks[1]))], axis=0)
     else:
         nb = len(data.chunks[1])
         parts = da.map_blocks(psc_parts_block, data, chunks=((1,), (2,) * nb), dtype=np.float64,
@@ -513,4 +609,4 @@ def clean(
         "sample_mask": None if sm is None else [int(i) for i in sm],
         "implementation": "nilearn.signal.clean",
     }
-    return series.with_data(out, meta={**series.meta, "clean": record})
+    return series.with_data(out, meta={**series.meta, "clean": record}), scale

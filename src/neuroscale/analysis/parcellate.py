@@ -347,22 +347,26 @@ def load_atlas(
     if values[-1] > np.iinfo(np.int32).max:
         raise ImageFormatError(f"atlas label {values[-1]} does not fit in int32", path)
 
+    from nilearn.image.resampling import BoundingBoxError
+
     source = nib.Nifti1Image(data.astype(np.int32), img.affine)
-    resampled = resample_img(
-        source,
-        target_affine=np.asarray(reference_affine, dtype=np.float64),
-        target_shape=tuple(int(s) for s in reference_shape[:3]),
-        interpolation="nearest",
-        force_resample=True,
-        copy_header=True,
-    )
+    outside = ("no atlas label lands on the BOLD grid: the atlas lies outside the BOLD's field "
+               "of view (the atlas and the BOLD are not in the same world space; see "
+               "--atlas-space)")
+    try:
+        resampled = resample_img(
+            source,
+            target_affine=np.asarray(reference_affine, dtype=np.float64),
+            target_shape=tuple(int(s) for s in reference_shape[:3]),
+            interpolation="nearest",
+            force_resample=True,
+            copy_header=True,
+        )
+    except BoundingBoxError as exc:  # the atlas's bounding box misses the BOLD grid
+        raise AnalysisError(outside, path) from exc
     labels = np.asarray(resampled.dataobj).astype(np.int32)
     if not labels.any():
-        raise AnalysisError(
-            "no atlas label lands on the BOLD grid: the atlas and the BOLD are not in the same "
-            "world space (register the atlas to the BOLD first)",
-            path,
-        )
+        raise AnalysisError(outside, path)
 
     if labels_table is not None:
         given = Path(labels_table)
@@ -472,8 +476,9 @@ SUM_COLUMNS = 1024
 SPLIT_EVERY = 2
 
 
-def _parcel_sums_kernel(block: np.ndarray, columns: np.ndarray, n_parcels: int) -> np.ndarray:
-    """Per-parcel sums of one Series chunk (pure NumPy/SciPy kernel).
+def _parcel_sums_kernel(block: np.ndarray, columns: np.ndarray, n_parcels: int,
+                        weights: np.ndarray | None = None) -> np.ndarray:
+    """Per-parcel (weighted) sums of one Series chunk (pure NumPy/SciPy kernel).
 
     Parameters
     ----------
@@ -483,12 +488,14 @@ def _parcel_sums_kernel(block: np.ndarray, columns: np.ndarray, n_parcels: int) 
         Parcel column of each voxel, -1 for voxels in no parcel.
     n_parcels : int
         Number of parcels L.
+    weights : (n_voxels,) ndarray of float, optional
+        A factor per voxel (e.g. the scale a z-scoring divided by); default 1.
 
     Returns
     -------
     (n_timepoints, n_parcels) ndarray of float64
-        ``out[t, j] = sum of block[t, v] over voxels v with columns[v] == j``, accumulated in
-        float64 (a sparse (L, v) indicator matrix times ``block.T``).
+        ``out[t, j] = sum of weights[v] * block[t, v] over voxels v with columns[v] == j``,
+        accumulated in float64 (a sparse (L, v) weighted indicator matrix times ``block.T``).
     """
     from scipy import sparse
 
@@ -510,8 +517,10 @@ def _parcel_sums_kernel(block: np.ndarray, columns: np.ndarray, n_parcels: int) 
         keep = np.flatnonzero(rows >= 0)
         if keep.size == 0:
             continue
+        values = (np.ones(keep.size, dtype=np.float64) if weights is None
+                  else np.asarray(weights[j : j + SUM_COLUMNS], dtype=np.float64)[keep])
         indicator = sparse.csr_matrix(
-            (np.ones(keep.size, dtype=np.float64), (rows[keep], keep)),
+            (values, (rows[keep], keep)),
             shape=(used.size, rows.size),
         )
         xt = piece[: rows.size]
@@ -521,15 +530,20 @@ def _parcel_sums_kernel(block: np.ndarray, columns: np.ndarray, n_parcels: int) 
     return out
 
 
-def _sums_to_means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """(t, L) float64 sums / (L,) counts -> float32 means; NaN where the count is 0."""
+def _sums_to_means(sums: np.ndarray, counts: np.ndarray,
+                   offsets: np.ndarray | None = None) -> np.ndarray:
+    """(t, L) float64 sums / (L,) counts (+ (L,) offsets) -> float32 means; NaN where the
+    count is 0."""
     with np.errstate(invalid="ignore", divide="ignore"):
         means = sums / np.where(counts > 0, counts, 1)
+    if offsets is not None:
+        means += offsets
     means[:, counts == 0] = np.nan
     return means.astype(np.float32)
 
 
-def parcel_timeseries(series: Series, atlas: Atlas) -> da.Array:
+def parcel_timeseries(series: Series, atlas: Atlas, *, voxel_scale: np.ndarray | None = None
+                      ) -> da.Array:
     """Mean signal of every parcel over its in-mask voxels, lazily and chunk by chunk.
 
     For each Series chunk a task computes the per-parcel sums ``(T, L)`` of the voxels it holds
@@ -540,12 +554,25 @@ def parcel_timeseries(series: Series, atlas: Atlas) -> da.Array:
     mask_img=mask, strategy="mean").fit_transform(bold)`` (nilearn sets labels outside the mask
     to background, then averages each label's voxels), up to float32 rounding.
 
+    Convention: the parcel signal is the mean of the voxels' *unstandardised* denoised
+    signals, as nilearn's ``NiftiLabelsMasker`` applied to the denoised image and XCP-D's
+    ``NiftiParcellate`` (``NiftiLabelsMasker(standardize=False)`` on the denoised BOLD; its
+    ``*_stat-mean_timeseries.tsv`` holds these unstandardised means).  A Series of z-scored
+    voxels comes with ``voxel_scale`` (:func:`neuroscale.analysis.denoise.clean_with_scale`):
+    the sums then run over ``scale[0, v] * z[t, v] + scale[1, v]``, i.e. the denoised voxels
+    before z-scoring.  (The mean of z-scored voxels weights every voxel equally whatever its
+    signal amplitude; on the example its Pearson matrix differs from the convention's by up
+    to 0.58.)
+
     Parameters
     ----------
     series : Series
         ``(n_timepoints, n_voxels)`` float32 in-mask time series.
     atlas : Atlas
         From :func:`load_atlas` with the BOLD's affine and shape.
+    voxel_scale : (2, n_voxels) ndarray of float, optional
+        Scale (row 0) and offset (row 1) of every voxel, mask order: the parcel means are
+        those of ``scale * series + offset``.  Default: the series as it is.
 
     Returns
     -------
@@ -559,10 +586,26 @@ def parcel_timeseries(series: Series, atlas: Atlas) -> da.Array:
     AnalysisError
         The atlas does not overlap the brain mask at all (message names the atlas file), or its
         grid differs from the mask's.
+    ConfigurationError
+        ``voxel_scale`` is not ``(2, n_voxels)`` with a finite, positive scale.
     """
     columns = _voxel_columns(series.mask, atlas)
     n_parcels = atlas.n_parcels
     counts = np.bincount(columns[columns >= 0], minlength=n_parcels).astype(np.int64)
+    weights: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+    if voxel_scale is not None:
+        scale = np.asarray(voxel_scale, dtype=np.float64)
+        if scale.shape != (2, columns.size) or not (np.isfinite(scale).all()
+                                                    and (scale[0] > 0).all()):
+            raise ConfigurationError(
+                f"voxel_scale must be (2, {columns.size}) finite values with a positive scale, "
+                f"got shape {scale.shape}", series.source)
+        weights = scale[0]
+        in_parcel = columns >= 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            offsets = (np.bincount(columns[in_parcel], weights=scale[1][in_parcel],
+                                   minlength=n_parcels) / np.where(counts > 0, counts, 1))
     if counts.sum() == 0:
         raise AnalysisError(
             f"atlas {atlas.name!r} does not overlap the brain mask at all (no in-mask voxel has "
@@ -586,6 +629,7 @@ def parcel_timeseries(series: Series, atlas: Atlas) -> da.Array:
     start = 0
     for i, size in enumerate(data.chunks[1]):
         cols_i = columns[start : start + size]
+        w_i = None if weights is None else weights[start : start + size]
         start += size
         if not np.any(cols_i >= 0):
             continue
@@ -594,6 +638,7 @@ def parcel_timeseries(series: Series, atlas: Atlas) -> da.Array:
                 _parcel_sums_kernel,
                 cols_i,
                 n_parcels,
+                w_i,
                 chunks=((n_t,), (n_parcels,)),
                 dtype=np.float64,
                 meta=np.empty((0, 0), dtype=np.float64),
@@ -603,5 +648,5 @@ def parcel_timeseries(series: Series, atlas: Atlas) -> da.Array:
     # a (T, L) float64 array, ~3.8 MB for 1200 x 400
     sums = (parts[0] if len(parts) == 1
             else da.stack(parts, axis=0).sum(axis=0, split_every=SPLIT_EVERY))
-    return sums.map_blocks(_sums_to_means, counts, dtype=np.float32,
+    return sums.map_blocks(_sums_to_means, counts, offsets, dtype=np.float32,
                            meta=np.empty((0, 0), dtype=np.float32))

@@ -5,7 +5,10 @@ with a mask (``nilearn.maskers.nifti_spheres_masker.apply_mask_and_get_affinity`
 in-mask voxels whose centres (voxel -> world through the affine) lie within ``radius_mm``
 (inclusive) of the world coordinate, plus the voxel nearest to the coordinate (the rounded
 inverse-affine index) when it is in the mask.  The seed time series is the plain mean of those
-voxels (the masker's default: no detrending or standardisation).  Unlike nilearn we do not add
+voxels (the masker's default: no detrending or standardisation) as they are in the denoised
+image, i.e. *before* each voxel is z-scored: a Series of z-scored voxels comes with its
+per-voxel scale and offset (``voxel_scale``, from
+:func:`neuroscale.analysis.denoise.clean_with_scale`).  Unlike nilearn we do not add
 the voxel whose *truncated* world coordinates equal the truncated seed (an integer-cast quirk
 that only matters for radii below ~2 voxels).
 """
@@ -60,7 +63,8 @@ def sphere_voxels(mask: np.ndarray, affine: np.ndarray, center_mm: Sequence[floa
 
 
 def seed_correlation(series: Series, center_mm: Sequence[float],
-                     radius_mm: float = 6.0) -> da.Array:
+                     radius_mm: float = 6.0, *, voxel_scale: np.ndarray | None = None
+                     ) -> da.Array:
     """Seed-to-voxel correlation map, Fisher z-transformed, lazily.
 
     Parameters
@@ -71,6 +75,11 @@ def seed_correlation(series: Series, center_mm: Sequence[float],
         Seed centre, world (scanner/template) coordinates in mm.
     radius_mm : float
         Seed sphere radius in mm (default 6).
+    voxel_scale : (2, n_voxels) ndarray of float, optional
+        Scale (row 0) and offset (row 1) of every voxel, mask order: the seed signal is the
+        mean of ``scale * series + offset`` over the sphere (nilearn's ``NiftiSpheresMasker``
+        on the unstandardised denoised image).  The correlation with each voxel does not
+        depend on that voxel's scale.
 
     Returns
     -------
@@ -98,7 +107,17 @@ def seed_correlation(series: Series, center_mm: Sequence[float],
             f"{radius_mm:g} mm contains no in-mask voxel",
             series.source,
         )
-    seed_ts = series.data[:, idx].mean(axis=1, dtype=np.float64)  # (T,), touches seed chunks only
+    seed_data = series.data[:, idx]  # (T, n_seed): touches the seed's chunks only
+    if voxel_scale is not None:
+        scale = np.asarray(voxel_scale, dtype=np.float64)
+        if scale.shape != (2, series.n_voxels) or not np.isfinite(scale).all():
+            raise ConfigurationError(
+                f"voxel_scale must be (2, {series.n_voxels}) finite values, got {scale.shape}",
+                series.source)
+        seed_ts = ((seed_data.astype(np.float64) * scale[0, idx]).mean(axis=1)
+                   + float(scale[1, idx].mean()))
+    else:
+        seed_ts = seed_data.mean(axis=1, dtype=np.float64)
     return da.blockwise(
         seed_fisher_z_block, "j", series.data, "tj", seed_ts, "t", _R_CLIP, None,
         dtype=np.float32, concatenate=True, meta=np.empty((0,), np.float32),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,10 +24,39 @@ def _seed(text: str) -> tuple[float, float, float, float]:
         parts = [float(v) for v in text.split(",")]
     except ValueError:
         parts = []
-    if len(parts) != 4 or parts[3] <= 0:
+    if len(parts) != 4 or not all(math.isfinite(v) for v in parts) or parts[3] <= 0:
         raise argparse.ArgumentTypeError(
-            f"--seed expects X,Y,Z,RADIUS_MM (world coordinates in mm, radius > 0), got {text!r}")
+            f"--seed expects X,Y,Z,RADIUS_MM (finite world coordinates in mm, radius > 0), "
+            f"got {text!r}")
     return parts[0], parts[1], parts[2], parts[3]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _check_output_locations(bids_dir: Path, out_dir: Path, work_dir: Path) -> None:
+    """Refuse output/work locations that would write into the raw data or over a file.
+
+    fMRIPrep refuses an output folder equal to the BIDS folder (suggesting
+    ``<bids_dir>/derivatives/<pipeline>``) and a working directory inside it; neuroscale
+    refuses any output or working directory inside the raw dataset except under its
+    ``derivatives/`` folder, where BIDS puts derivative datasets.
+    """
+    derivatives = bids_dir / "derivatives"
+    for what, path in (("output_dir", out_dir), ("--work-dir", work_dir)):
+        if path.exists() and not path.is_dir():
+            raise ConfigurationError(f"{what} exists and is not a directory", path)
+        if _inside(path, bids_dir) and not (path != derivatives and _inside(path, derivatives)):
+            raise ConfigurationError(
+                f"{what} is inside the BIDS dataset {bids_dir} (the raw data): write "
+                f"derivatives outside it or under {derivatives}/ (e.g. "
+                f"{derivatives / 'neuroscale'})", path)
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ConfigurationError(f"{what}: {parent} is not a directory", path)
+                break
 
 
 def _optional_float(text: str) -> float | None:
@@ -61,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "run's native space through the T1w registration; label names from a "
                      "table beside it (.txt/.csv/.tsv/.lut). With --no-registration: a label "
                      "image in the BOLD's world space")
+    ana.add_argument("--atlas-space", choices=["MNI152NLin2009cAsym", "bold"],
+                     default="MNI152NLin2009cAsym",
+                     help="space of every --atlas: MNI152NLin2009cAsym (default; needs the "
+                     "T1w registration, or fMRIPrep derivatives in an MNI space) or bold (a "
+                     "label image in the BOLD's own world space, e.g. scanner space with "
+                     "--no-registration: resampled nearest neighbour, no transform)")
     ana.add_argument("--seed", type=_seed, action="append", default=[], metavar="X,Y,Z,RADIUS_MM",
                      help="seed sphere in world coordinates, mm (repeatable)")
     ana.add_argument("--mask", type=Path, metavar="PATH",
@@ -131,8 +167,10 @@ def _run_app(args: argparse.Namespace) -> int:
     out_dir: Path = args.output_dir.resolve()
     bids_dir: Path = args.bids_dir.resolve()
     if out_dir == bids_dir:
-        raise ConfigurationError("output_dir must differ from bids_dir", out_dir)
+        raise ConfigurationError("output_dir must differ from bids_dir (suggestion: "
+                                 f"{bids_dir / 'derivatives' / 'neuroscale'})", out_dir)
     work_dir = (args.work_dir or out_dir.parent / f"{out_dir.name}_work").resolve()
+    _check_output_locations(bids_dir, out_dir, work_dir)
     if args.analysis_level == "group":
         from neuroscale.pipelines.group import run_group
 
@@ -141,7 +179,11 @@ def _run_app(args: argparse.Namespace) -> int:
         print(f"Group QC table: {result.qc_table}")
         return 0
 
-    from neuroscale.pipelines.participant import ParticipantConfig, run_participant
+    from neuroscale.pipelines.participant import (
+        ParticipantConfig,
+        run_participant,
+        validate_config,
+    )
 
     derivatives: dict[str, Path] = {}
     if args.derivatives:
@@ -159,6 +201,7 @@ def _run_app(args: argparse.Namespace) -> int:
         nuisance_strategy=args.nuisance_strategy,
         dc_threshold=args.dc_threshold,
         atlases=[Path(p).resolve() for p in args.atlas],
+        atlas_space=args.atlas_space,
         seeds=list(args.seed),
         mask=args.mask.resolve() if args.mask else None,
         work_dir=work_dir,
@@ -175,8 +218,9 @@ def _run_app(args: argparse.Namespace) -> int:
     )
     from neuroscale.bids.layout import find_bold_runs
 
-    # validate the dataset before starting a cluster
+    # validate the dataset and the options before starting a cluster
     find_bold_runs(bids_dir, participant_labels=args.participant_label, filters=filters)
+    validate_config(config)
     with cluster_client(args.scheduler, cluster=args.cluster, n_workers=args.n_workers,
                         threads_per_worker=args.threads_per_worker,
                         memory_limit=args.memory_limit, queue=args.queue,

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["clean_block", "interpolate_censored", "psc_finish_block", "psc_parts_block"]
+__all__ = ["clean_block", "clean_scaled_block", "interpolate_censored", "psc_finish_block",
+           "psc_parts_block"]
 
 
 def _copy_or_none(arr: np.ndarray | None) -> np.ndarray | None:
@@ -246,3 +247,48 @@ def psc_finish_block(block: np.ndarray, add_mean: Any, **params: Any) -> np.ndar
     return np.asarray(standardize_signal(cleaned, standardize="psc", detrend=False)).astype(
         np.float32
     )
+
+
+def clean_scaled_block(block: np.ndarray, **params: Any) -> np.ndarray:
+    """:func:`clean_block` with z-scoring, plus every column's scale and offset.
+
+    Parameters
+    ----------
+    block : ndarray, shape (n_timepoints, n_voxels), any float dtype
+        One chunk of a Series.
+    **params
+        The keyword arguments of :func:`clean_block` except ``standardize``.
+
+    Returns
+    -------
+    ndarray, shape (n_kept + 2, n_voxels), float32
+        Rows ``[:n_kept]``: the z-scored cleaned series, the same numbers as
+        ``clean_block(block, standardize="zscore_sample", ...)``; row ``n_kept``: each
+        column's sample standard deviation (ddof=1) of the unstandardised cleaned series (1
+        where it is below float64 eps, as nilearn); row ``n_kept + 1``: its mean.  So
+        ``scale * z + offset`` is the cleaned series before z-scoring (what
+        ``nilearn.signal.clean(..., standardize=False)`` returns), up to float32 rounding.
+
+    Notes
+    -----
+    The z-scoring is ``nilearn.signal.standardize_signal(x, "zscore_sample", detrend=False)``
+    (nilearn 0.14.1) done here step by step, in the same float64 operations, to keep the
+    scale it divides by.
+    """
+    n_voxels = block.shape[1]
+    out: np.ndarray | None = None
+    for j in range(0, max(n_voxels, 1), COLUMN_BLOCK):
+        x, prepared = _prepare(block[:, j:j + COLUMN_BLOCK], params)
+        cleaned = _nilearn_clean(x, None, prepared)
+        mean = cleaned.mean(axis=0)
+        centred = cleaned - mean
+        std = centred.std(axis=0, ddof=1)
+        std[std < np.finfo(np.float64).eps] = 1.0
+        centred /= std
+        if out is None:
+            out = np.empty((centred.shape[0] + 2, n_voxels), dtype=np.float32)
+        out[:-2, j:j + COLUMN_BLOCK] = centred
+        out[-2, j:j + COLUMN_BLOCK] = std
+        out[-1, j:j + COLUMN_BLOCK] = mean
+    assert out is not None
+    return out

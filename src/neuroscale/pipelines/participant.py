@@ -20,6 +20,7 @@ changed parameter touches.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import sys
@@ -46,12 +47,17 @@ from neuroscale.pipelines.preprocessing import select_confounds as _select_confo
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ATLAS_SPACES",
     "ParticipantConfig",
     "RunOutcome",
     "process_bold_run",
     "run_participant",
     "subject_concurrency",
+    "validate_config",
 ]
+
+#: Values of ``ParticipantConfig.atlas_space`` (``--atlas-space``).
+ATLAS_SPACES = ("MNI152NLin2009cAsym", "bold")
 
 
 @dataclass
@@ -78,7 +84,13 @@ class ParticipantConfig:
     dc_threshold : float
         Correlation threshold for degree centrality.
     atlases : list of Path
-        Label images in the BOLD's world space.
+        Label images (deterministic atlases), in ``atlas_space``.
+    atlas_space : {"MNI152NLin2009cAsym", "bold"}
+        Space of the atlases.  ``"MNI152NLin2009cAsym"`` (default): brought into each run's
+        native space through the T1w registration, or used as they are on fMRIPrep
+        derivatives in an MNI space; refused (before any work) on raw runs without
+        registration, whose space is the scanner's.  ``"bold"``: label images in the BOLD's
+        own world space, resampled onto its grid (nearest neighbour) without any transform.
     seeds : list of (x, y, z, radius) in mm
         Seed spheres.
     mask : Path or None
@@ -124,6 +136,7 @@ class ParticipantConfig:
     alff_band: tuple[float, float] = (0.01, 0.1)
     dc_threshold: float = 0.25
     atlases: list[Path] = field(default_factory=list)
+    atlas_space: str = "MNI152NLin2009cAsym"
     seeds: list[tuple[float, float, float, float]] = field(default_factory=list)
     mask: Path | None = None
     work_dir: Path | None = None
@@ -396,8 +409,8 @@ def process_bold_run(
     strategy = config.nuisance_strategy
     conf_path = (Path(fmriprep.confounds) if fmriprep is not None and fmriprep.confounds
                  else find_confounds_file(Path(run.path)))
-    build_confounds = (conf_path is None and motion_params is not None
-                       and strategy.lower() != "none")
+    # without motion correction neuroscale still builds the global signal (+ expansions)
+    build_confounds = conf_path is None and strategy.lower() != "none"
     confound_sources: list[tuple[Path, str | None, str]] = []
     conf_key: list[str] = []
     if conf_path is not None and strategy.lower() != "none":
@@ -406,14 +419,11 @@ def process_bold_run(
         if fd is None:
             fd = _fd_from_confounds(conf_path, image.n_volumes)
     elif build_confounds:
-        conf_key = [provenance_key({"confounds": "built", "tissue": sorted(tissue),
-                                    "registration": reg_shas})]
-    elif strategy.lower() != "none":
-        outcome.warnings.append(
-            f"no confounds for {Path(run.path).name} (no fMRIPrep confounds file and no motion "
-            f"correction): nuisance strategy {strategy} not applied (detrending and band-pass "
-            "only)")
-        strategy = "none"
+        built: dict[str, Any] = {"confounds": "built", "tissue": sorted(tissue),
+                                 "registration": reg_shas}
+        if motion_params is None:
+            built["motion"] = "none (no motion correction)"
+        conf_key = [provenance_key(built)]
 
     # -- censoring (scrubbing) ---------------------------------------------------------------
     sample_mask = None
@@ -482,11 +492,19 @@ def process_bold_run(
     if not config.centrality:
         dcb_plan, dcw_plan = (*dcb_plan[:4], False), (*dcw_plan[:4], False)
 
+    # each voxel's scale and offset before z-scoring (2, n_voxels): parcel and seed signals are
+    # means of the unstandardised denoised voxels (nilearn's maskers, XCP-D)
+    keeps_scale = config.standardize != "psc"
     atlas_plans = []
+    a_space = config.atlas_space
     for atlas, a_sha, a_extra in atlases:
         name = atlas.name
+        _check_atlas_overlap(atlas, mask)
         a_params = {**den_params, "atlas": str(atlas.path), "atlas_sha256": a_sha,
-                    "resampling": a_extra, "input_sha256": conf_key + mask_shas}
+                    "atlas_space": a_space, "resampling": a_extra,
+                    "parcel_signal": _PARCEL_SIGNAL if keeps_scale else _PARCEL_SIGNAL_PSC,
+                    "pearson_correlation": _PEARSON, "partial_correlation": _PARTIAL,
+                    "input_sha256": conf_key + mask_shas}
         files = {
             "timeseries": ctx.path(atlas=name, stat="mean", suffix="timeseries", extension=".tsv"),
             "pearson": ctx.path(atlas=name, stat="pearsoncorrelation", suffix="relmat",
@@ -506,7 +524,8 @@ def process_bold_run(
     seed_plans = []
     for i, (sx, sy, sz, sr) in enumerate(config.seeds, start=1):
         s_params = {**den_params, "seed_center_mm": [float(sx), float(sy), float(sz)],
-                    "seed_radius_mm": float(sr)}
+                    "seed_radius_mm": float(sr),
+                    "seed_signal": _SEED_SIGNAL if keeps_scale else _PARCEL_SIGNAL_PSC}
         seed_plans.append(plan(f"seed-{i}", ctx.path(seed=str(i), stat="fisherz",
                                                       suffix="boldmap", extension=".nii.gz"),
                                s_params))
@@ -516,9 +535,11 @@ def process_bold_run(
         a[5] for a in atlas_plans)
     need_qc = qc_plan[4] or tsnr_plan[4] or not carpet_path.exists()
     den_store = run_work / "denoised.zarr"
+    den_scale_path = den_store / "voxel_scale.npy"
     den_hash = ctx.hash(den_params, conf_key + mask_shas)
     den_marker = den_store / "_provenance_hash"
-    den_fresh = den_marker.is_file() and den_marker.read_text() == den_hash
+    den_fresh = (den_marker.is_file() and den_marker.read_text() == den_hash
+                 and (den_scale_path.is_file() or not keeps_scale))
     need_den = need_phase_c and not den_fresh
     need_alff = alff_plan[4] or falff_plan[4]
     need_confounds_now = strategy.lower() != "none" and (need_den or need_alff)
@@ -543,9 +564,13 @@ def process_bold_run(
     def select() -> None:
         nonlocal confounds
         if need_confounds_now and conf_path is not None:
-            confounds, names, used = _select_confounds(conf_path, strategy, image.n_volumes,
-                                                       outcome)
-            ctx.extra = {"ConfoundRegressors": list(names), "NuisanceStrategyApplied": used}
+            confounds, names, used, why = _choose_confounds(
+                conf_path, strategy, image.n_volumes, outcome, motion=motion_params is not None,
+                tissue=bool(tissue) or fmriprep is not None)
+            ctx.extra.update(ConfoundRegressors=list(names), NuisanceStrategyApplied=used)
+            if why:
+                ctx.extra["NuisanceStrategyFallback"] = why
+                print(f"neuroscale: warning: {run.relpath}: {why}", file=sys.stderr)
 
     def phase_b(into: dict[str, Any]) -> None:
         if need_alff:
@@ -556,10 +581,14 @@ def process_bold_run(
         if need_den:
             import shutil
 
-            denoised = denoise.clean(
-                raw, t_r=t_r, detrend=config.detrend, standardize=config.standardize,
+            clean_kw: dict[str, Any] = dict(
+                t_r=t_r, detrend=config.detrend, standardize=config.standardize,
                 low_pass=config.low_pass, high_pass=config.high_pass, filter=config.filter,
                 confounds=confounds, sample_mask=sample_mask)
+            if keeps_scale:
+                denoised, into["denoised_scale"] = denoise.clean_with_scale(raw, **clean_kw)
+            else:
+                denoised = denoise.clean(raw, **clean_kw)
             shutil.rmtree(den_store, ignore_errors=True)
             # narrow regular Zarr chunks (the slab chunks are irregular): small writes, see
             # neuroscale.image.store_series; phase C reads the slabs back
@@ -576,8 +605,16 @@ def process_bold_run(
         if "confsig" in computed:
             from neuroscale.preproc.confounds import confounds_table, write_confounds_tsv
 
-            assert motion_params is not None and fd is not None
-            table = confounds_table(computed["confsig"], motion_params, fd, t_r=t_r)
+            if motion_params is not None and fd is not None:
+                table = confounds_table(computed["confsig"], motion_params, fd, t_r=t_r)
+            else:  # no motion correction: the signals' columns only, no motion or FD columns
+                from neuroscale.preproc.confounds import MOTION_COLUMNS
+
+                table = confounds_table(computed["confsig"], np.zeros((image.n_volumes, 6)),
+                                        np.zeros(image.n_volumes), t_r=t_r)
+                table = table.drop(columns=[c for c in table.columns
+                                            if c.startswith(MOTION_COLUMNS)
+                                            or c == "framewise_displacement"])
             write_confounds_tsv(conf_table_path, table)
             ctx.record("confounds", conf_table_path, conf_plan[2])
         if "confsig" in lazy:
@@ -594,6 +631,12 @@ def process_bold_run(
                                   step="phase A: QC, ALFF, denoising", run=run,
                                   progress=config.progress)
     if need_den:
+        if keeps_scale:
+            from neuroscale.io.atomic import atomic_write_bytes
+
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(computed["denoised_scale"], dtype=np.float32))
+            atomic_write_bytes(den_scale_path, buf.getvalue())
         den_marker.write_text(den_hash)
 
     if "qc" in computed:
@@ -638,6 +681,7 @@ def process_bold_run(
         den_data = read_series_store(den_store, chunks=((n_den,), raw.data.chunks[1]))
         den = Series(data=den_data, mask=mask, affine=image.affine, t_r=t_r,
                      header=info.header, source=bold)
+        voxel_scale = np.load(den_scale_path) if keeps_scale else None
         lazy_c: dict[str, Any] = {}
         if reho_plan[4]:
             lazy_c["reho"] = reho.reho(den)
@@ -650,10 +694,12 @@ def process_bold_run(
                 if needed:
                     with warnings.catch_warnings():  # empty parcels: reported in the report
                         warnings.simplefilter("ignore", RuntimeWarning)
-                        lazy_c[f"atlas-{name}"] = parcellate.parcel_timeseries(den, atlas)
+                        lazy_c[f"atlas-{name}"] = parcellate.parcel_timeseries(
+                            den, atlas, voxel_scale=voxel_scale)
         for (name, *_rest), (sx, sy, sz, sr) in zip(seed_plans, config.seeds, strict=True):
             if _rest[3]:
-                lazy_c[name] = seed.seed_correlation(den, center_mm=(sx, sy, sz), radius_mm=sr)
+                lazy_c[name] = seed.seed_correlation(den, center_mm=(sx, sy, sz), radius_mm=sr,
+                                                     voxel_scale=voxel_scale)
         computed_c = _compute_phase(client, lazy_c,
                                     label=f"{prefix}: ReHo, centrality, connectivity",
                                     step="phase C: ReHo, centrality, connectivity", run=run,
@@ -688,6 +734,20 @@ def process_bold_run(
     outcome.carpet_path = carpet_path
     outcome.fd = fd
     return outcome
+
+
+#: What the parcel time series are (recorded in the atlas outputs' sidecars).
+_PARCEL_SIGNAL = ("mean over the parcel's in-mask voxels of the denoised, unstandardised signal "
+                  "(nilearn NiftiLabelsMasker(strategy='mean', standardize=False) on the denoised "
+                  "image, as XCP-D's NiftiParcellate)")
+_PARCEL_SIGNAL_PSC = "mean of the voxels' percent signal change (standardize='psc')"
+_SEED_SIGNAL = ("mean over the sphere's in-mask voxels of the denoised, unstandardised signal "
+                "(nilearn NiftiSpheresMasker on the denoised image)")
+_PEARSON = "Pearson correlation of the parcel time series (numpy.corrcoef; XCP-D)"
+_PARTIAL = {"input": "parcel time series z-scored (zero mean, unit sample SD) first",
+            "estimator": "sklearn.covariance.LedoitWolf (nilearn ConnectivityMeasure "
+                         "kind='partial correlation')",
+            "zscored_before_estimation": True}
 
 
 def provenance_key(params: dict[str, Any]) -> str:
@@ -755,6 +815,22 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _check_atlas_overlap(atlas: Any, mask: np.ndarray) -> None:
+    """Refuse an atlas with fewer than 2 parcels inside the brain mask (before any compute)."""
+    from neuroscale.analysis import parcellate
+
+    counts = parcellate.parcel_voxel_counts(mask, atlas)
+    n_in = int((counts > 0).sum())
+    if n_in < 2:
+        on_grid = int((parcellate.parcel_voxel_counts(np.ones_like(mask, dtype=bool), atlas)
+                       > 0).sum())
+        raise AnalysisError(
+            f"atlas {atlas.name}: only {n_in} of {atlas.n_parcels} parcels have a voxel inside "
+            f"the BOLD's brain mask ({on_grid} land on the BOLD grid at all): a connectivity "
+            "matrix needs at least 2; is the atlas in the BOLD's space (see --atlas-space) and "
+            "does it cover the brain?", atlas.path)
+
+
 def _write_atlas_outputs(ctx: _RunContext, name: str, atlas_path: Path, a_sha: str,
                          params: dict[str, Any], files: dict[str, Path], atlas: Any,
                          timeseries: np.ndarray, mask: np.ndarray, outcome: RunOutcome) -> None:
@@ -763,8 +839,11 @@ def _write_atlas_outputs(ctx: _RunContext, name: str, atlas_path: Path, a_sha: s
 
     extra: list[tuple[Path, str | None, str]] = [(atlas_path, None, a_sha)]
     names = list(atlas.names)
+    try:
+        mats = connectivity.correlation_matrices(timeseries)
+    except AnalysisError as exc:
+        raise AnalysisError(f"atlas {name}: {exc}", atlas_path) from exc
     connectivity.write_timeseries_tsv(files["timeseries"], timeseries, names)
-    mats = connectivity.correlation_matrices(timeseries)
     connectivity.write_relmat_tsv(files["pearson"], mats["pearson"], names)
     connectivity.write_relmat_tsv(files["partial"], mats["partial"], names)
     coverage = parcellate.parcel_coverage(mask, atlas)
@@ -820,23 +899,13 @@ def run_participant(
 
     runs = find_bold_runs(bids_dir, participant_labels=participant_labels, filters=filters)
     out_dir = Path(out_dir)
-    for path in config.atlases:
-        if not Path(path).is_file():
-            from neuroscale.errors import InputNotFoundError
-
-            raise InputNotFoundError("atlas not found", path)
-    if config.mask is not None and not Path(config.mask).is_file():
-        raise ConfigurationError("mask not found", config.mask)
+    validate_config(config)
     if "fmriprep" in config.derivatives:
         # every run must have its fMRIPrep counterpart before anything is written
         from neuroscale.bids.fmriprep import find_fmriprep_bold
 
         for run in runs:
             find_fmriprep_bold(Path(config.derivatives["fmriprep"]), run)
-    if config.nuisance_strategy.lower().endswith((".yml", ".yaml", ".json")):
-        from neuroscale.analysis.confounds import load_strategy_file
-
-        load_strategy_file(config.nuisance_strategy)  # a bad file fails before any work
     out_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(out_dir, [Path(bids_dir)], version=__version__)
 
@@ -892,6 +961,97 @@ def run_participant(
     if config.report:
         _write_reports(out_dir, outcomes, config)
     return outcomes
+
+
+def validate_config(config: ParticipantConfig) -> None:
+    """Check what can be checked of the parameters before any run is read or written.
+
+    Parameters
+    ----------
+    config : ParticipantConfig
+
+    Raises
+    ------
+    InputNotFoundError
+        An atlas does not exist.
+    ConfigurationError
+        Unknown ``atlas_space``; an MNI-space atlas on raw runs that are not registered
+        (``registration=False`` without fMRIPrep derivatives: the runs stay in scanner
+        space, so the atlas would be placed at the wrong position); a missing mask; an
+        invalid strategy file.
+    """
+    from neuroscale.errors import InputNotFoundError
+
+    if config.atlas_space not in ATLAS_SPACES:
+        raise ConfigurationError(f"--atlas-space must be one of {', '.join(ATLAS_SPACES)}, got "
+                                 f"{config.atlas_space!r}")
+    for path in config.atlases:
+        if not Path(path).is_file():
+            raise InputNotFoundError("atlas not found", path)
+    if (config.atlases and config.atlas_space != "bold" and not config.registration
+            and "fmriprep" not in config.derivatives):
+        raise ConfigurationError(
+            f"atlas is in {config.atlas_space} space (--atlas-space) but the BOLD runs are "
+            "not registered to it (--no-registration: they stay in scanner space): drop "
+            "--no-registration, or pass --atlas-space bold if the atlas is a label image in "
+            "the BOLD's own world space", config.atlases[0])
+    if config.mask is not None and not Path(config.mask).is_file():
+        raise ConfigurationError("mask not found", config.mask)
+    if config.nuisance_strategy.lower().endswith((".yml", ".yaml", ".json")):
+        from neuroscale.analysis.confounds import load_strategy_file
+
+        load_strategy_file(config.nuisance_strategy)  # a bad file fails before any work
+
+
+def _choose_confounds(path: Path, strategy: str, n_volumes: int, outcome: RunOutcome, *,
+                      motion: bool, tissue: bool) -> tuple[np.ndarray, list[str], str, str]:
+    """The strategy's confounds, or the best fallback the available columns allow.
+
+    With motion parameters: :func:`select_confounds` (falls back to 24 motion terms + global
+    signal when tissue columns are missing).  Without them (no motion correction), a strategy
+    whose columns are missing falls back to the global signal and its expansions
+    (``global_signal``, ``_derivative1``, ``_power2``, ``_derivative1_power2``).
+
+    Returns
+    -------
+    confounds : (n_volumes, n_regressors) ndarray
+    names : list of str
+    used : str
+        The strategy applied (``strategy``, ``"24P+GS"`` or ``"GS4"``).
+    why : str
+        Empty when ``used == strategy``; else the warning (also in ``outcome.warnings``).
+    """
+    from neuroscale.analysis.confounds import load_confounds
+
+    n_warn = len(outcome.warnings)
+    if motion:
+        confounds, names, used = _select_confounds(path, strategy, n_volumes, outcome)
+        why = outcome.warnings[-1] if used != strategy and len(outcome.warnings) > n_warn else ""
+        if used != strategy and not tissue:
+            why = (f"nuisance strategy {strategy} needs tissue confounds (WM/CSF/aCompCor), "
+                   "which need the T1w registration: used 24 motion terms + global signal "
+                   "instead")
+            outcome.warnings[-1:] = [why]
+        return confounds, names, used, why
+    try:
+        confounds, names = load_confounds(path, strategy=strategy)
+        used, why = strategy, ""
+    except AnalysisError as exc:
+        gs4 = ["^global_signal(_derivative1|_power2|_derivative1_power2)?$"]
+        try:
+            confounds, names = load_confounds(path, strategy=gs4)
+        except AnalysisError:
+            raise exc from None
+        used = "GS4"
+        why = (f"nuisance strategy {strategy} needs confounds that are not available (no motion "
+               "correction" + ("" if tissue else ", no tissue masks without registration")
+               + "): used the global signal + its derivative and squares (4 regressors) "
+               "instead")
+        outcome.warnings.append(why)
+    if confounds.shape[0] != n_volumes:
+        raise AnalysisError(f"confounds have {confounds.shape[0]} rows but the BOLD has "
+                            f"{n_volumes} volumes", path)
+    return confounds, names, used, why
 
 
 def subject_concurrency(requested: int | None, client: Any, n_subjects: int) -> int:

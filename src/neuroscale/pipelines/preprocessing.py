@@ -275,8 +275,9 @@ def resolve_atlases(config: Any, anat: AnatomicalContext, registration: Any, fmr
 
     * raw input with a T1w: the atlas is in MNI152NLin2009cAsym and comes to the BOLD grid
       through the inverse transforms (template -> T1w -> boldref), nearest neighbour;
-    * fMRIPrep input in an MNI space, or ``registration=False``: the atlas is taken to share
-      the BOLD's world space and is resampled to its grid (nearest neighbour);
+    * ``config.atlas_space == "bold"``, fMRIPrep input in an MNI space, or
+      ``registration=False``: the atlas is taken to share the BOLD's world space and is
+      resampled to its grid (nearest neighbour);
     * otherwise (no T1w): the atlas is not used, with a warning (EPI-only processing).
 
     With a grey-matter mask on the BOLD grid (``gm``), an atlas that labels less than 90 % of
@@ -300,17 +301,19 @@ def resolve_atlases(config: Any, anat: AnatomicalContext, registration: Any, fmr
     for atlas_path in config.atlases:
         atlas_path = Path(atlas_path)
         sha = str(sha256_file(atlas_path))
-        if registration is not None and anat.result is not None:
+        in_bold_space = getattr(config, "atlas_space", None) == "bold"
+        if registration is not None and anat.result is not None and not in_bold_space:
             from neuroscale.preproc import registration as reg_mod
 
             atlas = reg_mod.atlas_to_bold(atlas_path, np.asarray(image.affine),
                                           tuple(image.shape[:3]), anat.result, registration)
             how = ("MNI152NLin2009cAsym -> T1w -> boldref (inverse transforms, nearest "
                    f"neighbour; T1w->template {anat.sha256})")
-        elif (fmriprep is not None and (fmriprep.space or "").startswith("MNI")) or (
-                fmriprep is None and not config.registration):
+        elif in_bold_space or (fmriprep is not None and (fmriprep.space or "").startswith("MNI")
+                               ) or (fmriprep is None and not config.registration):
             atlas = parcellate.load_atlas(atlas_path, image.affine, image.shape[:3])
-            how = "nearest (atlas and BOLD in the same world space)"
+            how = ("nearest (atlas in the BOLD's world space, --atlas-space bold)"
+                   if in_bold_space else "nearest (atlas and BOLD in the same world space)")
         else:
             why = ("the participant has no T1w" if fmriprep is None else
                    f"fMRIPrep's BOLD is in space {fmriprep.space or 'native'}, not MNI")
