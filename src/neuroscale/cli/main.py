@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--catalog", metavar="URL",
                      help="register every derivative, with its sources and parameters, in this "
                      "neuroscale catalog (e.g. sqlite:///lab.db; see `neuroscale catalog init`)")
+    ana.add_argument("--catalog-collection", metavar="PATH",
+                     help="catalog collection of the results (default: your /home/USER/neuroscale)")
     exe = parser.add_argument_group("execution")
     exe.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                      help="address of an existing Dask scheduler (default: a local cluster)")
@@ -207,6 +209,7 @@ def _run_app(args: argparse.Namespace) -> int:
         work_dir=work_dir,
         centrality=not args.no_centrality,
         catalog=args.catalog,
+        catalog_collection=args.catalog_collection,
         report=not args.no_report,
         progress=not args.no_progress,
         max_concurrent_subjects=args.max_concurrent_subjects,
@@ -220,6 +223,10 @@ def _run_app(args: argparse.Namespace) -> int:
 
     # validate the dataset and the options before starting a cluster
     find_bold_runs(bids_dir, participant_labels=args.participant_label, filters=filters)
+    if args.catalog:  # and that the results can be registered
+        from neuroscale.catalog.api import open_for_pipeline
+
+        open_for_pipeline(args.catalog, args.catalog_collection)[0].close()
     validate_config(config)
     with cluster_client(args.scheduler, cluster=args.cluster, n_workers=args.n_workers,
                         threads_per_worker=args.threads_per_worker,

@@ -104,8 +104,9 @@ class ParticipantConfig:
         Database URL of a neuroscale catalog (``neuroscale catalog init``): every derivative
         is registered there with its sources (ingested by checksum), parameters, software
         and times.
-    catalog_collection : str
-        Collection the derivatives (and, under ``<collection>/sources``, their inputs) go to.
+    catalog_collection : str or None
+        Collection the derivatives (and, under ``<collection>/sources``, their inputs) go to;
+        default the user's ``/home/<user>/neuroscale`` (checked writable before any work).
     report : bool
         Write the HTML report.
     max_concurrent_subjects : int or None
@@ -142,7 +143,7 @@ class ParticipantConfig:
     work_dir: Path | None = None
     centrality: bool = True
     catalog: str | None = None
-    catalog_collection: str = "neuroscale"
+    catalog_collection: str | None = None
     report: bool = True
     progress: bool = True
     carpet_rows: int = 1200
@@ -333,13 +334,13 @@ def process_bold_run(
     rel = (str(run.relpath) if fmriprep is None
            else f"fmriprep:{Path(bold).name}")
     sources: list[tuple[Path, str | None, str]] = [(bold, rel, bold_sha)]
-    catalog = None
+    catalog, collection = None, config.catalog_collection or ""
     if config.catalog:
-        from neuroscale.catalog import Catalog
+        from neuroscale.catalog.api import open_for_pipeline
 
-        catalog = Catalog(config.catalog)
+        catalog, collection = open_for_pipeline(config.catalog, config.catalog_collection)
     space = fmriprep.space if fmriprep is not None else None
-    ctx = _RunContext(run, out_dir, sources, catalog, config.catalog_collection,
+    ctx = _RunContext(run, out_dir, sources, catalog, collection,
                       space=space)
     outcome = ctx.outcome
     outcome.warnings.extend(anat.warnings)
@@ -906,6 +907,10 @@ def run_participant(
 
         for run in runs:
             find_fmriprep_bold(Path(config.derivatives["fmriprep"]), run)
+    if config.catalog:  # results must be registrable before any work
+        from neuroscale.catalog.api import open_for_pipeline
+
+        open_for_pipeline(config.catalog, config.catalog_collection)[0].close()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(out_dir, [Path(bids_dir)], version=__version__)
 
