@@ -200,13 +200,14 @@ def motion_correction(image: Any, ctx: Any, run_work: Path, client: Any, config:
                             "interpolation)",
                   "reference": f"median of volumes {n_dummy}.."
                                f"{min(image.n_volumes, n_dummy + 10) - 1}",
-                  "n_nonsteady": n_dummy}
+                  "n_nonsteady": n_dummy, "store_version": motion.STORE_VERSION}
     digest = ctx.hash(hmc_params)
     # the realigned store keeps the parameters and the mean: reuse it while the TSV is fresh
     stored = motion.read_realigned(store) if ctx.up_to_date(tsv, digest) else None
     if stored is not None:
         try:
             realigned = motion.open_realigned(store, like=image, mean=stored[1])
+            ctx.outcome.warnings.extend(stored[2].get("head_motion_warnings", []))
             ctx.outcome.skipped.append("motion")
             ctx.outcome.outputs["motion"] = tsv
             return realigned, stored[0], n_dummy, hmc_params
@@ -214,12 +215,19 @@ def motion_correction(image: Any, ctx: Any, run_work: Path, client: Any, config:
             log.info("recomputing motion correction of %s: %s", prefix, exc)
     reference = motion.select_reference(image, n_dummy=n_dummy)
     graph = motion.realign(image, store, reference)
-    out = compute({"params": graph.params, "mean": graph.mean},
+    out = compute({"params": graph.params, "mean": graph.mean, "qc": graph.qc},
                   f"{prefix}: motion correction", "head-motion correction")
     params = np.asarray(out["params"], dtype=np.float64)
     mean = np.asarray(out["mean"], dtype=np.float32)
+    # implausible estimates re-estimated or replaced by the identity: sidecar and warnings
+    qc_summary, qc_warnings = motion.qc_report(out["qc"], graph.settings, image.source)
+    ctx.outcome.warnings.extend(qc_warnings)
     motion.write_motion_tsv(tsv, params, motion.framewise_displacement(params))
-    ctx.record("motion", tsv, hmc_params)
+    extra, ctx.extra = ctx.extra, {**ctx.extra, "HeadMotionQC": qc_summary}
+    try:
+        ctx.record("motion", tsv, hmc_params)
+    finally:
+        ctx.extra = extra
     return motion.open_realigned(store, like=image, mean=mean), params, n_dummy, hmc_params
 
 
