@@ -29,6 +29,7 @@ from neuroscale.catalog.errors import (
 )
 from neuroscale.catalog.models import Blob, Collection, DataObject, Principal
 from neuroscale.catalog.paths import object_key
+from neuroscale.errors import ConfigurationError
 
 NFC_NAME = unicodedata.normalize("NFC", "café_bold.json")
 NFD_NAME = unicodedata.normalize("NFD", "café_bold.json")
@@ -270,6 +271,10 @@ def test_get_of_a_missing_stored_copy(cat: Catalog, tmp_path: Path) -> None:
     assert not (tmp_path / "out.txt").exists()
     with pytest.raises(FileNotFoundError, match="destination's directory does not exist"):
         cat.get("/c/a.txt", tmp_path / "nope" / "out.txt")
+    write_files(tmp_path / "src", {"b.txt": b"beta"})
+    cat.ingest(tmp_path / "src" / "b.txt", "/c")
+    with pytest.raises(ConfigurationError, match="cannot write the copy"):  # /proc takes no file
+        cat.get("/c/b.txt", "/proc/neuroscale-test-get.txt")
 
 
 def test_non_regular_inputs_are_skipped_with_the_reason(cat: Catalog, tmp_path: Path) -> None:

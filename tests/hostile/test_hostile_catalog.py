@@ -159,6 +159,19 @@ def check_nothing_stored(root: Path, result: CliResult) -> None:
     assert "skipped" in result.stdout and stored_files(root) == []
 
 
+def make_read_only_database(root: Path) -> Sequence[str]:
+    init(root, "alice")
+    read_only = f"sqlite:///file:{root / 'catalog.sqlite'}?mode=ro&uri=true"
+    return ["catalog", "--url", read_only, "--user", "alice", "mkcoll", "/home/alice/x"]
+
+
+def make_get_to_unwritable(root: Path) -> Sequence[str]:
+    init(root, "alice")
+    with as_user(root, "alice") as alice:
+        alice.ingest(write(root / "a.txt", b"alpha"), "/home/alice/c")
+    return ["catalog", "--user", "alice", "get", "/home/alice/c/a.txt", "/proc/neuroscale-get.txt"]
+
+
 def make_rm_guess(which: str) -> Callable[[Path], Sequence[str]]:
     """Bob removes (without --force) his copy of a right or a wrong guess of alice's file."""
 
@@ -198,6 +211,11 @@ FAILURES = [
     CatalogCase("get-missing-stored-copy", make_missing_stored_copy, exit_code=3,
                 message=r"stored copy of /home/alice/c/a\.txt .* is missing from the store: run "
                 r"'neuroscale catalog verify'", names="store", check=check_nothing_got),
+    CatalogCase("database-read-only", make_read_only_database, exit_code=6,
+                message=r"the catalog database failed: attempt to write a readonly database"),
+    CatalogCase("get-into-unwritable-destination", make_get_to_unwritable, exit_code=2,
+                message=r"cannot write the copy \(.*\); nothing written",
+                names="/proc/neuroscale-get.txt"),
     CatalogCase("ingest-dev-zero", make_ingest("dev-zero"), exit_code=2,
                 message=r"skipped, not a regular file \(character device\); nothing ingested",
                 names="/dev/zero", check=check_nothing_stored),

@@ -395,8 +395,8 @@ def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
-        if path and path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not path.startswith("file:"):  # not a URI filename
+            Path(path.split("?", 1)[0]).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")
@@ -2150,8 +2150,10 @@ class Catalog:
             The stored copy is missing from the store (``verify`` lists such objects).
         InputNotFoundError
             The directory ``dest`` would be written in does not exist.
+        ConfigurationError
+            ``dest`` cannot be written (permission denied, read-only, full).
         """
-        from neuroscale.errors import InputNotFoundError
+        from neuroscale.errors import ConfigurationError, InputNotFoundError, NeuroscaleError
         from neuroscale.io.atomic import atomic_path
 
         with self._sessions() as s, s.begin():
@@ -2172,16 +2174,23 @@ class Catalog:
                 self.store.url,
             ) from None
         digest = hashlib.sha256()
-        with src_fh as src, atomic_path(out) as tmp, open(tmp, "wb") as fh:
-            while block := src.read(1 << 20):
-                digest.update(block)
-                fh.write(block)
-            fh.flush()
-            if digest.hexdigest() != sha:
-                raise StoredObjectCorruptedError(
-                    f"stored copy of {_object_path(coll.path, name)} is corrupted "
-                    f"(expected sha256 {sha}, read {digest.hexdigest()})"
-                )
+        try:
+            with src_fh as src, atomic_path(out) as tmp, open(tmp, "wb") as fh:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+                    fh.write(block)
+                fh.flush()
+                if digest.hexdigest() != sha:
+                    raise StoredObjectCorruptedError(
+                        f"stored copy of {_object_path(coll.path, name)} is corrupted "
+                        f"(expected sha256 {sha}, read {digest.hexdigest()})"
+                    )
+        except NeuroscaleError:
+            raise
+        except OSError as exc:  # the destination: permission denied, read-only, full disk
+            raise ConfigurationError(
+                f"cannot write the copy ({exc.strerror or exc}); nothing written", out
+            ) from exc
         return out
 
     def remove(self, target: str, *, force: bool = False) -> ObjectInfo:

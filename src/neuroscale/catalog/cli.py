@@ -12,7 +12,8 @@ database itself, so every user of a shared (PostgreSQL) catalog uses the same st
 Exit status: 0 on success; 1 when ``verify`` finds a problem; 2 when ``ingest`` could ingest
 nothing because every path was skipped (not a regular file: a device, a FIFO...; files that
 are skipped beside others that were ingested are listed with the reason and exit 0);
-otherwise the ``exit_code`` of the error raised (see :mod:`neuroscale.catalog.errors`).
+6 when the database itself fails (a read-only or locked SQLite file, a server gone); otherwise
+the ``exit_code`` of the error raised (see :mod:`neuroscale.catalog.errors`).
 """
 
 from __future__ import annotations
@@ -264,10 +265,18 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     out = out or sys.stdout
     err = err or sys.stderr
     try:
+        from sqlalchemy.exc import DBAPIError
+    except ImportError:  # the catalog's own import says which extra is missing
+        DBAPIError = NeuroscaleError  # type: ignore[misc,assignment]
+    try:
         return _run(args, out)
     except NeuroscaleError as exc:
         err.write(f"neuroscale catalog: error: {exc}\n")
         return int(getattr(exc, "exit_code", 1))
+    except DBAPIError as exc:  # e.g. a read-only or locked SQLite file, a server gone
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        err.write(f"neuroscale catalog: error: the catalog database failed: {reason}\n")
+        return 6
 
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
