@@ -555,7 +555,7 @@ def store_series(data: da.Array, path: str | Path, *, compute: bool = True) -> A
     split into a few small writes as soon as it is computed, which keeps the writer's memory
     small.  Read it back with :func:`read_series_store` (or ``da.from_zarr(path,
     chunks=series.data.chunks)``) to get the slab chunks again.  Compression: blosc-lz4 with
-    byte shuffle (as the working copy).  The chunks are written by
+    byte shuffle, then a crc32c per chunk (as the working copy).  The chunks are written by
     :class:`neuroscale.io.shards.ColumnChunkedArray` (zarr-python writes the metadata and
     reads the chunks; its own per-chunk write path costs several times the CPU) unless
     :data:`DIRECT_WRITES` is off.
@@ -577,7 +577,7 @@ def store_series(data: da.Array, path: str | Path, *, compute: bool = True) -> A
         the chunks (its value, the bytes written, is of no further use).
     """
     import zarr
-    from zarr.codecs import BloscCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
     from neuroscale.io.shards import ColumnChunkedArray
 
@@ -585,7 +585,9 @@ def store_series(data: da.Array, path: str | Path, *, compute: bool = True) -> A
     width = series_store_width(n_t, n_v)
     arr: Any = zarr.create_array(
         store=str(path), shape=(n_t, n_v), chunks=(n_t, width), dtype=data.dtype,
-        compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), fill_value=0,
+        # a crc32c per chunk (checked by every read, ours and zarr's)
+        compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()],
+        fill_value=0,
         zarr_format=3, overwrite=True,
     )
     direct = ColumnChunkedArray.open(path) if DIRECT_WRITES else None
