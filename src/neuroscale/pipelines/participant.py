@@ -344,6 +344,9 @@ def process_bold_run(
                       space=space)
     outcome = ctx.outcome
     outcome.warnings.extend(anat.warnings)
+    outcome.warnings.extend(image.meta.get("warnings", []))  # ingest: NaN voxels, TR mismatch
+    if image.meta.get("warnings"):
+        ctx.extra["InputChecks"] = image.meta["input_checks"]
     prefix = Path(run.path).name.split("_bold")[0]
     run_work = work / "runs" / prefix
     run_work.mkdir(parents=True, exist_ok=True)
@@ -650,7 +653,8 @@ def process_bold_run(
         if fd is not None:
             traces["framewise_displacement"] = [float(v) for v in fd]
         qc_doc = {**scalars, **fd_facts, "traces": traces, "n_volumes": image.n_volumes,
-                  "n_voxels_in_mask": int(mask.sum()), "t_r_s": t_r}
+                  "n_voxels_in_mask": int(mask.sum()), "t_r_s": t_r,
+                  "input_checks": image.meta.get("input_checks", {})}
         if anat.result is not None and fmriprep is None:
             qc_doc["t1w_to_template_dice"] = float(anat.result.dice)
         for atlas, _, _ in atlases:

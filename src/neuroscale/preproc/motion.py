@@ -1022,7 +1022,10 @@ def open_realigned(store: str | Path, like: Image, mean: np.ndarray | None = Non
         like,
         data=raw.transpose(1, 2, 3, 0),
         meta={"store": str(store), "mean": da.from_array(mean_arr, chunks=mean_arr.shape),
-              "sha256": like.meta.get("sha256")},
+              "sha256": like.meta.get("sha256"),
+              # what the ingest of the raw run found (non-finite voxels, warnings) still holds
+              **{k: like.meta[k] for k in ("input_checks", "warnings", "nonfinite")
+                 if k in like.meta}},
         _raw_txyz=raw,
         _scaling=(1.0, 0.0),
     )
