@@ -148,7 +148,11 @@ _SERIES_CHUNK_BYTES = 16 * 2**20
 #: ``min_samples``, ``min_level_voxels`` and ``small_grid_metric`` adapt this schedule to
 #: coarse grids (:func:`registration_schedule`); ``max_residual_increase``,
 #: ``max_shift_voxels`` and ``min_residual_gain`` define an implausible estimate
-#: (:func:`_check_estimate`).
+#: (:func:`_check_estimate`).  Measured on the studyforrest run: plausible estimates change the
+#: residual ``1 - r`` by a factor 0.03-0.99 at native resolution (known motions up to 3 mm /
+#: 3 degrees: 0.03-0.33) and 0.80-1.05 at 25 mm (interpolation noise on a 10 x 10 x 4 grid);
+#: the fixed schedule's wrong estimates at 25 mm (0.7-1.2 mm moves of a still head) by
+#: 1.65-2.1.  Hence an increase by more than 25 % is implausible.
 REGISTRATION_SETTINGS: dict[str, Any] = {
     "metric": "Mattes",
     "bins": 32,
@@ -163,7 +167,7 @@ REGISTRATION_SETTINGS: dict[str, Any] = {
     "min_samples": 20000,
     "min_level_voxels": 4096,
     "small_grid_metric": "MeanSquares",
-    "max_residual_increase": 0.05,
+    "max_residual_increase": 0.25,
     "max_shift_voxels": 0.5,
     "min_residual_gain": 0.05,
 }
