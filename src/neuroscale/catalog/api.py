@@ -18,7 +18,11 @@ bytes; a larger file is a batch of its own), each batch step by step:
 3. the copies are moved to ``objects/ab/<sha256>`` (small contents are written there
    directly, never over an existing file) and made durable together (an fsync of each file
    and directory, or one ``syncfs(2)`` for a batch of many files), then read back: each
-   SHA-256 must match;
+   SHA-256 must match.  A content that is already stored (whoever ingested it) is not
+   stored again, but a throw-away copy of it in ``tmp/`` is made durable and read back in
+   the same step, so that the ingest answers and takes the same whether or not someone else
+   holds the file (see :class:`IngestResult`).  When storing fails (a store made read-only,
+   a full disk), the claims of step 2 are released and one :class:`StoreError` is raised;
 4. one transaction turns the blobs ``ok`` and inserts the data objects and their metadata.
 
 A record is thus committed only after its stored copy is durable and verified (SQLite runs in
@@ -38,6 +42,9 @@ The acting user is a name (``user=``, ``$NEUROSCALE_CATALOG_USER``, else the log
 trusted as given, like a local iRODS client with a trusted environment; deploy the
 PostgreSQL catalog with database roles if users must be authenticated.  Tickets
 (:meth:`Catalog.create_ticket`) let unregistered users read (or write) one collection.
+Every user has a home collection ``/home/<user>`` that only they (and administrators) can
+create and that inherits nothing from ``/home``; a pipeline registers its results under it
+by default (:func:`open_for_pipeline`, which checks before any work that they can be).
 """
 
 from __future__ import annotations
