@@ -459,3 +459,47 @@ def test_sigkilled_worker_mid_run_gives_the_same_outputs(tmp_path: Path) -> None
     for key, value in qc_a.items():
         if isinstance(value, float):
             assert qc_b[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+# -- logging and worker plugins ---------------------------------------------------------------
+def _fails_in_a_worker(x: int) -> float:
+    return x / 0
+
+
+def test_failed_task_details_go_to_the_log_file_not_the_terminal(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A task failing in a worker of the LocalCluster neuroscale starts: Dask's ``Compute
+    Failed`` block (with the traceback) is in the run's log file, not on stderr (the workers'
+    stderr is the user's terminal); the workers also got the ITK pinning plugin."""
+    from neuroscale.compute.determinism import DeterministicITK
+    from neuroscale.compute.logs import start_log_file, stop_log_file
+
+    log_file = start_log_file(tmp_path / "work")
+    try:
+        with cluster_client(n_workers=1, memory_limit="1GB", dashboard=False, quiet=True,
+                            log_file=log_file) as client:
+            with pytest.raises(ZeroDivisionError):
+                client.submit(_fails_in_a_worker, 3).result()
+            environ = client.run(lambda: {k: os.environ.get(k) for k in
+                                          ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+                                           "ANTS_RANDOM_SEED")})
+            plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+            time.sleep(0.5)  # the worker's record is written before the client sees the error
+    finally:
+        kept = stop_log_file()
+    err = capfd.readouterr().err
+    assert "Compute Failed" not in err and "Traceback" not in err, err
+    assert kept == log_file and log_file.parent == tmp_path / "work" / "logs"
+    text = log_file.read_text()
+    assert "Compute Failed" in text and "ZeroDivisionError" in text, text
+    assert all(env == {"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1", "ANTS_RANDOM_SEED": "1"}
+               for env in environ.values()), environ
+    assert all(DeterministicITK.name in names for names in plugins.values()), plugins
+
+
+def test_an_empty_log_file_is_removed(tmp_path: Path) -> None:
+    from neuroscale.compute.logs import current_log_file, start_log_file, stop_log_file
+
+    path = start_log_file(tmp_path)
+    assert current_log_file() == path
+    assert stop_log_file() is None and not path.exists() and current_log_file() is None

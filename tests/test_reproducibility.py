@@ -31,7 +31,7 @@ from tests.hostile.harness import (
 )
 
 #: volumes of the cropped example: motion correction stays in, the run stays short
-N_VOLUMES = 30
+N_VOLUMES = 40
 ARGS = ["participant", "--no-report", "--no-progress", "--atlas", str(EXAMPLE_ATLAS),
         "--seed", "0,-66,3,8"]
 

@@ -194,6 +194,8 @@ def _comparable_json(value: object, roots: list[tuple[str, str]]) -> object:
     if isinstance(value, str):
         for root, placeholder in roots:
             value = value.replace(root, placeholder)
+        # the code's git commit (it moves when a commit lands between two runs of a test)
+        value = re.sub(r"git commit [0-9a-f]{7,40}(-dirty)?", "git commit <COMMIT>", value)
     return value
 
 
@@ -203,7 +205,7 @@ def output_differences(first: Path, second: Path) -> list[str]:
     NIfTI files: the same shape, dtype, affine and exactly equal voxel arrays; TSV and text
     files: the same bytes; JSON files: equal values, except the keys that hold times
     (``Started``, ``Ended``, ``Timings_s``...), with each run's own directory (and its
-    ``_work`` twin) written as a placeholder.  HTML reports and figures are not compared.
+    ``_work`` twin) and the code's git commit written as placeholders.  HTML reports and figures are not compared.
     Returns an empty list when the two are the same.
     """
     roots = sorted([(str(first) + "_work", "<WORK>"), (str(second) + "_work", "<WORK>"),

@@ -348,6 +348,14 @@ def _local_client(
     # worker's threads, since ITK's results depend on the count
     environ = {"MALLOC_ARENA_MAX": "2", **ITK_ENVIRONMENT,
                **dask.config.get("distributed.nanny.pre-spawn-environ", {})}
+    import signal
+    import threading
+
+    previous = None
+    if log_file is not None and threading.current_thread() is threading.main_thread():
+        # the workers start ignoring Ctrl-C (inherited; WorkerLogToFile keeps it so after a
+        # restart): the command's own KeyboardInterrupt closes them, without their tracebacks
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             cluster = LocalCluster(
@@ -361,6 +369,9 @@ def _local_client(
             )
     except Exception as exc:  # pragma: no cover - environment dependent
         raise ComputeError(f"cannot start a local Dask cluster ({exc})") from exc
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     client = Client(cluster)
     try:
         register_plugins(client, log_file=log_file if processes else None)

@@ -2,8 +2,9 @@
 
 The command line opens ``WORK_DIR/logs/neuroscale-<UTC time>-<pid>.log``
 (:func:`start_log_file`): neuroscale's own records at every level (the tracebacks of
-unexpected errors are logged at debug level), warnings of every library, and Dask's records of
-this process (the client; with a LocalCluster also its scheduler and nannies).  The workers of
+unexpected errors are logged at debug level), warnings of every library, and the records of
+Dask and asyncio in this process (the client; with a LocalCluster also its scheduler and
+nannies), which leave the terminal.  The workers of
 a LocalCluster that neuroscale starts write their Dask records (``distributed.worker - ERROR -
 Compute Failed`` with the task's traceback) and their Python warnings into the same file through
 :class:`WorkerLogToFile` instead of the terminal.  Workers that the user started (an existing
@@ -25,9 +26,11 @@ __all__ = ["WorkerLogToFile", "current_log_file", "start_log_file", "stop_log_fi
 _FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 _current: Path | None = None
 _handlers: list[tuple[logging.Logger, logging.Handler]] = []
+_propagate: dict[str, bool] = {}
 
-#: Dask's loggers that do not propagate to the root logger (Dask's logging config)
-_DASK_LOGGERS = ("distributed", "dask")
+#: Libraries whose records (Dask's failed tasks, closing clients' asyncio errors) go to the log
+#: file only: they do not propagate to the terminal handler of the root logger
+_FILE_ONLY_LOGGERS = ("distributed", "asyncio", "tornado", "bokeh")
 
 
 def current_log_file() -> Path | None:
@@ -81,19 +84,19 @@ def _quiet_stream_handlers(logger: logging.Logger) -> None:
 
 
 def _attach(path: Path) -> list[tuple[logging.Logger, logging.Handler]]:
-    """File handlers on the root logger (every level) and on Dask's non-propagating loggers
-    (info and above), whose terminal handlers are limited to critical records."""
+    """File handlers on the root logger and on :data:`_FILE_ONLY_LOGGERS`, which stop
+    propagating and whose own terminal handlers (Dask's) keep critical records only."""
     root = logging.getLogger()
     handler = _file_handler(path, logging.DEBUG)
     root.addHandler(handler)
     added = [(root, handler)]
-    for name in _DASK_LOGGERS:
+    for name in _FILE_ONLY_LOGGERS:
         logger = logging.getLogger(name)
-        if not logger.propagate:
-            dask_handler = _file_handler(path, logging.INFO)
-            logger.addHandler(dask_handler)
-            added.append((logger, dask_handler))
-            _quiet_stream_handlers(logger)
+        logger.propagate = False
+        own = _file_handler(path, logging.DEBUG)
+        logger.addHandler(own)
+        added.append((logger, own))
+        _quiet_stream_handlers(logger)
     return added
 
 
@@ -125,6 +128,7 @@ def start_log_file(work_dir: str | os.PathLike[str]) -> Path:
     path = logs / f"neuroscale-{stamp}-{os.getpid()}.log"
     root = logging.getLogger()
     ns = logging.getLogger("neuroscale")
+    _propagate.update({name: logging.getLogger(name).propagate for name in _FILE_ONLY_LOGGERS})
     if ns.getEffectiveLevel() > logging.DEBUG:
         # the terminal handler keeps the level the root logger had (-v / -vv lower it)
         for handler in root.handlers:
@@ -149,6 +153,9 @@ def stop_log_file() -> Path | None:
     for logger, handler in _handlers:
         logger.removeHandler(handler)
         handler.close()
+    for name, propagate in _propagate.items():
+        logging.getLogger(name).propagate = propagate
+    _propagate.clear()
     _handlers.clear()
     if path is None:
         return None
@@ -162,11 +169,13 @@ def stop_log_file() -> Path | None:
 
 
 class WorkerLogToFile(WorkerPlugin):
-    """Dask worker plugin: the worker's Dask records and Python warnings into the run's log.
+    """Dask worker plugin: the worker's Dask records, warnings and stderr into the run's log.
 
     Registered on the LocalCluster that neuroscale starts, so that a failed task's ``Compute
-    Failed`` block (with its traceback) goes to the log file and not the user's terminal; the
-    worker's stderr handler keeps critical records only.
+    Failed`` block (with its traceback) goes to the log file and not the user's terminal: the
+    worker's file descriptor 2 is redirected to the log (ITK's own messages too) and its stderr
+    handler keeps critical records only.  The worker also ignores SIGINT: Ctrl-C at the
+    terminal reaches every process of the group, and the command closes its cluster itself.
     """
 
     name = "neuroscale-log-to-file"
@@ -176,6 +185,17 @@ class WorkerLogToFile(WorkerPlugin):
         self._added: list[tuple[logging.Logger, logging.Handler]] = []
 
     def setup(self, worker: Any) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            # Ctrl-C reaches the whole process group: the command stops its cluster itself, a
+            # worker's own KeyboardInterrupt would only print a traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # what the worker process writes to stderr (ITK's messages, tracebacks at exit)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
         self._added = _attach(Path(self.path))
         # the LocalCluster's silence_logs (critical) also set this logger's level in workers
         logging.getLogger("distributed").setLevel(logging.WARNING)

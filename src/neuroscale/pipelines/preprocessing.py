@@ -117,31 +117,26 @@ def prepare_anatomy(bids_dir: Path, subject: str, session: str | None, out_dir: 
     anat_dir = out_dir / f"sub-{subject}" / "anat"
     kwargs = dict(template=template, work_dir=work)
     if client is not None:
-        result = client.submit(_itk_threads_of_this_worker, process_anat, t1w, anat_dir,
-                               subject, pure=False, **kwargs).result()
+        result = _submit_pinned(client, process_anat, t1w, anat_dir, subject, **kwargs)
     else:
         result = process_anat(t1w, anat_dir, subject, **kwargs)  # type: ignore[arg-type]
     return AnatomicalContext(result=result, sha256=str(sha256_file(result.t1w_to_template)))
 
 
-def _itk_threads_of_this_worker(func: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run ``func`` with ITK's thread count set to this Dask worker's threads.
+def _submit_pinned(client: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run ``func`` as one task on the cluster with ITK pinned (one thread, fixed seeds).
 
-    ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once per process, and the registration
-    metrics' sums depend on the thread count: fixing it per worker keeps registrations from
-    oversubscribing the cores and makes results the same on any worker (neuroscale's own
-    LocalCluster sets it at worker start; this covers workers started by others).
+    :func:`~neuroscale.compute.determinism.pin_itk` runs in the task itself (the workers'
+    plugin already ran it where the cluster came from :func:`~neuroscale.compute.cluster.
+    cluster_client`), so the result is the same on any worker, as the task's re-run after a
+    worker died.  The task's key starts with ``func``'s name (seen on the dashboard).
     """
-    import os
+    from uuid import uuid4
 
-    try:
-        from distributed import get_worker
+    from neuroscale.compute.determinism import pinned_call
 
-        nthreads = int(get_worker().state.nthreads)
-    except Exception:  # not on a worker
-        nthreads = 1
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(max(1, nthreads)))
-    return func(*args, **kwargs)
+    key = f"{getattr(func, '__name__', 'ants')}-{uuid4().hex}"
+    return client.submit(pinned_call, func, *args, key=key, pure=False, **kwargs).result()
 
 
 def _nonsteady_volumes(image: Any, client: Any) -> int:
@@ -266,8 +261,7 @@ def register_run(anat: AnatomicalContext, mean_volume: np.ndarray, mask: np.ndar
                    extension=".txt")
     args = (mean_volume, np.asarray(image.affine), anat.result, xfm)
     if client is not None:
-        reg = client.submit(_itk_threads_of_this_worker, reg_mod.register_boldref, *args,
-                            bold_mask=mask, pure=False).result()
+        reg = _submit_pinned(client, reg_mod.register_boldref, *args, bold_mask=mask)
     else:
         reg = reg_mod.register_boldref(*args, bold_mask=mask)
     ctx.outcome.outputs["boldref_to_T1w"] = reg.boldref_to_t1w
