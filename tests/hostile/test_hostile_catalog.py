@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import stat
 import subprocess
 import tempfile
 import unicodedata
@@ -289,56 +288,84 @@ def test_catalog_failures(tmp_path: Path, case: CatalogCase) -> None:
 
 
 # -- what must succeed, and say the same whoever holds the content ---------------------------------
-def test_dedup_answer_is_the_same_for_a_right_and_a_wrong_guess(tmp_path: Path) -> None:
-    init(tmp_path, "alice", "bob")
-    with as_user(tmp_path, "alice") as alice:
-        alice.ingest(write(tmp_path / "a" / "secret.bin", SECRET), "/home/alice/p")
-    answers = []
-    for name, data in (("right.bin", SECRET), ("wrong.bin", WRONG)):
-        out = cat(tmp_path, "ingest", write(tmp_path / "b" / name, data), "-c", "/home/bob/g",
-                  user="bob").stdout  # fmt: skip
-        answers.append(out.replace(name, "NAME"))
-    assert answers[0] == answers[1] == "added        /home/bob/g/NAME\n1 file(s): 1 added\n"
-    assert len(stored_files(tmp_path)) == 2  # the right guess was stored once (silently)
-    # bob's own object, alice's stays invisible to him
-    with as_user(tmp_path, "bob") as bob:
+def make_dedup_guesses(root: Path) -> Sequence[str]:
+    """Alice holds a private file; bob ingests a right guess of it (kept), then a wrong one."""
+    init(root, "alice", "bob")
+    with as_user(root, "alice") as alice:
+        alice.ingest(write(root / "a" / "secret.bin", SECRET), "/home/alice/p")
+    right = cat(root, "ingest", write(root / "b" / "right.bin", SECRET), "-c", "/home/bob/g",
+                user="bob")  # fmt: skip
+    (root / "right.out").write_text(right.stdout.replace("right.bin", "NAME"))
+    write(root / "b" / "wrong.bin", WRONG)
+    return ["catalog", "--user", "bob", "ingest", str(root / "b" / "wrong.bin"), "-c", "/home/bob/g"]
+
+
+def check_dedup_guesses(root: Path, result: CliResult) -> None:
+    wrong = result.stdout.replace("wrong.bin", "NAME")
+    assert (root / "right.out").read_text() == wrong == (
+        "added        /home/bob/g/NAME\n1 file(s): 1 added\n")
+    assert len(stored_files(root)) == 2  # the right guess was stored once (silently)
+    with as_user(root, "bob") as bob:  # bob's own object; alice's stays invisible to him
         assert bob.collections() == ["/home/bob", "/home/bob/g"]
-        assert bob.get("/home/bob/g/right.bin", tmp_path / "got.bin").read_bytes() == SECRET
+        assert bob.get("/home/bob/g/right.bin", root / "got.bin").read_bytes() == SECRET
 
 
-def test_nfc_and_nfd_names_are_one_object(tmp_path: Path) -> None:
-    init(tmp_path, "alice")
-    nfd_coll = unicodedata.normalize("NFD", "/home/alice/étude")
-    cat(tmp_path, "ingest", write(tmp_path / "d" / NFD, b'{"RepetitionTime": 2}'), "-c", nfd_coll,
-        "--meta", unicodedata.normalize("NFD", "site=Zürich"), user="alice")  # fmt: skip
-    again = cat(tmp_path, "ingest", write(tmp_path / "c" / NFC, b'{"RepetitionTime": 2}'), "-c",
-                unicodedata.normalize("NFC", "/home/alice/étude"), user="alice")  # fmt: skip
-    assert "1 file(s): 1 unchanged" in again.stdout
-    with as_user(tmp_path, "alice") as alice:
-        assert [o.name for o in alice.ls(nfd_coll).objects] == [NFC]
-        found = [o.path for o in alice.find("site = 'Zürich'")]
+def make_nfd_then_nfc(root: Path) -> Sequence[str]:
+    init(root, "alice")
+    cat(root, "ingest", write(root / "d" / NFD, b'{"RepetitionTime": 2}'), "-c",
+        unicodedata.normalize("NFD", "/home/alice/étude"), "--meta",
+        unicodedata.normalize("NFD", "site=Zürich"), user="alice")  # fmt: skip
+    return ["catalog", "--user", "alice", "ingest", str(write(root / "c" / NFC, b'{"RepetitionTime": 2}')),
+            "-c", unicodedata.normalize("NFC", "/home/alice/étude")]  # fmt: skip
+
+
+def check_nfd_then_nfc(root: Path, result: CliResult) -> None:
+    assert "1 file(s): 1 unchanged" in result.stdout
+    with as_user(root, "alice") as alice:
+        assert [o.name for o in alice.ls(unicodedata.normalize("NFD", "/home/alice/étude")).objects
+                ] == [NFC]  # fmt: skip
+        found = [o.path for o in alice.find(unicodedata.normalize("NFD", "site = 'Zürich'"))]
     assert found == [unicodedata.normalize("NFC", f"/home/alice/étude/{NFC}")]
 
 
-@pytest.mark.slow
-def test_pipeline_default_collection_is_per_user(tmp_path: Path) -> None:
-    """The old fixed ``/neuroscale``, taken by another user, no longer blocks anyone; another
-    user who ingests a copy of bob's result learns nothing of how he made it."""
-    init(tmp_path, "eve", "bob", "alice")
-    with as_user(tmp_path, "eve") as eve:
+def make_pipeline_after_squat(root: Path) -> Sequence[str]:
+    """Eve took the old fixed ``/neuroscale``; bob's pipeline run registers in his home."""
+    init(root, "eve", "bob", "alice")
+    with as_user(root, "eve") as eve:
         eve.create_collection("/neuroscale")
-    bids = small_bids(tmp_path, with_t1w=False)
-    result = run_cli([bids, tmp_path / "out", "participant", *FAST, "--no-report", "--catalog",
-                      url_of(tmp_path)], env=env_of(tmp_path, "bob"))  # fmt: skip
-    check_success(result)
-    (tsnr,) = (tmp_path / "out").rglob("*stat-tsnr_boldmap.nii.gz")
-    with as_user(tmp_path, "bob") as bob:
+    return [str(root / "bids"), str(root / "out"), "participant", *FAST, "--no-report",
+            "--catalog", url_of(root)]  # fmt: skip
+
+
+def check_pipeline_after_squat(root: Path, result: CliResult) -> None:
+    (tsnr,) = (root / "out").rglob("*stat-tsnr_boldmap.nii.gz")
+    with as_user(root, "bob") as bob:
         assert "/home/bob/neuroscale/sources" in bob.ls("/home/bob/neuroscale").subcollections
         assert bob.lineage(tsnr).upstream
         # alice ingests a copy of bob's result: her lineage shows raw data only
         bob.as_user("alice").ingest(tsnr, "/home/alice/copy")
-    lineage = cat(tmp_path, "lineage", f"/home/alice/copy/{tsnr.name}", user="alice").stdout
+    lineage = cat(root, "lineage", f"/home/alice/copy/{tsnr.name}", user="alice").stdout
     assert "derived from" not in lineage and "raw data:" in lineage
     assert str(BOLD_REL.name) not in lineage
-    mode = stat.S_IMODE(os.stat(tmp_path / "catalog.json").st_mode)
-    assert mode == 0o600
+
+
+SUCCESSES = [
+    CatalogCase("dedup-right-and-wrong-guess-answered-alike", make_dedup_guesses, exit_code=0,
+                message="", check=check_dedup_guesses),
+    CatalogCase("nfd-and-nfc-name-one-object", make_nfd_then_nfc, exit_code=0, message="",
+                check=check_nfd_then_nfc),
+    CatalogCase("pipeline-default-collection-after-squat", make_pipeline_after_squat, exit_code=0,
+                message="", check=check_pipeline_after_squat, user="bob",
+                marks=[pytest.mark.slow]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=c.marks, id=c.id) for c in SUCCESSES])
+def test_catalog_successes(tmp_path: Path, case: CatalogCase) -> None:
+    if case.id.startswith("pipeline-"):
+        small_bids(tmp_path, with_t1w=False)
+    result = run_cli(list(case.make(tmp_path)), env=env_of(tmp_path, case.user),
+                     timeout=case.timeout)  # fmt: skip
+    check_success(result)
+    assert case.check is not None
+    case.check(tmp_path, result)
