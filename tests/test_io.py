@@ -284,6 +284,10 @@ def test_gzip_size_bound_from_isize_and_deflate_ratio(tmp_path: Path) -> None:
     bgzf[3] |= 0x04  # FEXTRA, as BGZF sets it: several members, the ratio bound only
     path.write_bytes(bytes(bgzf))
     assert gzip_size_bound(path, size) == size * MAX_DEFLATE_RATIO
+    padded = tmp_path / "p.gz"  # zero padding after the stream (gzip readers skip it)
+    padded.write_bytes(gzip.compress(raw) + bytes(512))
+    assert gzip_size_bound(padded, padded.stat().st_size) == padded.stat().st_size * 1032
+    assert gzip.decompress(padded.read_bytes()) == raw
 
 
 @pytest.mark.parametrize("dims", [[32767, 32767, 32767, 1000], [2000, 2000, 500, 10]])

@@ -75,8 +75,9 @@ def gzip_size_bound(path: str | Path, compressed_size: int) -> int:
     Deflate cannot exceed :data:`MAX_DEFLATE_RATIO`; for a single-member gzip (what nibabel,
     FSL, dcm2niix and pigz write) the ISIZE trailer (the size modulo 2**32, RFC 1952) narrows
     it to the largest size congruent to ISIZE within that bound.  Files whose header has
-    FEXTRA set (BGZF / bgzip: many members, each with its own trailer) get the ratio bound
-    only.
+    FEXTRA set (BGZF / bgzip: many members, each with its own trailer), and trailers that
+    cannot be a NIfTI's (under 348 bytes: a cut file, or zero padding after the stream), get
+    the ratio bound only.
 
     Parameters
     ----------
@@ -97,7 +98,9 @@ def gzip_size_bound(path: str | Path, compressed_size: int) -> int:
             return bound
         fh.seek(compressed_size - 4)
         isize = int.from_bytes(fh.read(4), "little")
-    if isize > bound:  # not a valid trailer (e.g. a cut file): the ratio bound only
+    # not a trailer of a NIfTI (a cut file, or zero padding after the stream, which gzip readers
+    # skip): the ratio bound only
+    if isize < 348 or isize > bound:
         return bound
     return isize + ((bound - isize) >> 32 << 32)
 
