@@ -7,7 +7,6 @@ input is rejected before any work starts, with a one-line message naming the fil
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import stat
@@ -273,7 +272,8 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
     if not np.all(np.isfinite(affine)):
         raise ImageFormatError("non-finite values in the affine (qform/sform)", path)
     # nibabel's header check silently sets zero pixdims to 1 mm: look at the stored values
-    stored = header_class.from_fileobj(io.BytesIO(raw), check=False)["pixdim"]
+    stored = header_class(binaryblock=raw[:sizeof_hdr], endianness=header.endianness,
+                          check=False)["pixdim"]
     voxel = tuple(float(v) for v in stored[1 : 1 + min(3, len(shape))])
     if not all(math.isfinite(v) and v != 0 for v in voxel):
         raise ImageFormatError(f"voxel size {tuple(voxel)} mm (pixdim[1:4]) is zero or not "
