@@ -14,8 +14,10 @@ scheduler, batch jobs) keep their own logging: their stderr is the user's termin
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ _FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 _current: Path | None = None
 _handlers: list[tuple[logging.Logger, logging.Handler]] = []
 _propagate: dict[str, bool] = {}
+_restore: list[Callable[[], None]] = []
 
 #: Libraries whose records (Dask's failed tasks, closing clients' asyncio errors) go to the log
 #: file only: they do not propagate to the terminal handler of the root logger
@@ -134,6 +137,8 @@ def start_log_file(work_dir: str | os.PathLike[str]) -> Path:
         for handler in root.handlers:
             if handler.level == logging.NOTSET:
                 handler.setLevel(root.getEffectiveLevel())
+                _restore.append(functools.partial(handler.setLevel, logging.NOTSET))
+        _restore.append(functools.partial(ns.setLevel, ns.level))
         ns.setLevel(logging.DEBUG)
     _handlers.extend(_attach(path))
     _current = path
@@ -157,6 +162,8 @@ def stop_log_file() -> Path | None:
         logging.getLogger(name).propagate = propagate
     _propagate.clear()
     _handlers.clear()
+    while _restore:
+        _restore.pop()()
     if path is None:
         return None
     try:
