@@ -228,12 +228,15 @@ def _run_app(args: argparse.Namespace) -> int:
 
         open_for_pipeline(args.catalog, args.catalog_collection)[0].close()
     validate_config(config)
+    from neuroscale.compute.logs import start_log_file
+
+    log_file = start_log_file(work_dir)  # tracebacks and Dask's records go there
     with cluster_client(args.scheduler, cluster=args.cluster, n_workers=args.n_workers,
                         threads_per_worker=args.threads_per_worker,
                         memory_limit=args.memory_limit, queue=args.queue,
                         account=args.account, cores=args.cores, memory=args.memory,
                         walltime=args.walltime, jobs=args.jobs,
-                        adaptive=args.adaptive) as client:
+                        adaptive=args.adaptive, log_file=log_file) as client:
         outcomes = run_participant(bids_dir, out_dir, config,
                                    participant_labels=args.participant_label,
                                    filters=filters, client=client)
@@ -247,7 +250,8 @@ def _run_app(args: argparse.Namespace) -> int:
     for report in reports:
         print(f"Report: {report}")
     if failed:
-        print(f"neuroscale: {len(failed)} of {len(outcomes)} runs failed", file=sys.stderr)
+        print(f"neuroscale: {len(failed)} of {len(outcomes)} runs failed; details in {log_file}",
+              file=sys.stderr)
         return max(getattr(o.error, "exit_code", 1) for o in failed)
     return 0
 
@@ -270,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("neuroscale: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from neuroscale.compute.logs import stop_log_file
+
+        stop_log_file()
 
 
 def _catalog(argv: list[str]) -> int:

@@ -1117,8 +1117,12 @@ def _unexpected_error(exc: Exception, run: Any) -> NeuroscaleError:
     log.debug("unexpected error on %s", getattr(run, "relpath", run), exc_info=exc)
     subject = (getattr(run, "entities", None) or {}).get("sub")
     where = f"sub-{subject}: " if subject else ""
-    return NeuroscaleError(f"{where}unexpected error ({describe_failure(exc)}); "
-                           "run with -vv for the traceback", path=getattr(run, "path", None))
+    from neuroscale.compute.logs import current_log_file
+
+    log_file = current_log_file()
+    details = f"traceback in {log_file}" if log_file else "run with -vv for the traceback"
+    return NeuroscaleError(f"{where}unexpected error ({describe_failure(exc)}); {details}",
+                           path=getattr(run, "path", None))
 
 
 def _write_reports(out_dir: Path, outcomes: list[RunOutcome], config: ParticipantConfig) -> None:

@@ -411,6 +411,9 @@ def tissue_masks_to_bold(
         interpolated linearly onto the BOLD grid and thresholded at ``threshold``.
         ``"brain"``: the T1w brain mask on the BOLD grid (nearest neighbour).
     """
+    from neuroscale.compute.determinism import pin_itk
+
+    pin_itk()
     import ants
     from scipy import ndimage
 
@@ -486,6 +489,9 @@ def plot_boldref_registration(boldref: np.ndarray, bold_affine: np.ndarray, anat
     matplotlib.figure.Figure
         See :func:`neuroscale.report.registration.plot_registration`.
     """
+    from neuroscale.compute.determinism import pin_itk
+
+    pin_itk()
     import ants
 
     from neuroscale.report.registration import plot_registration
@@ -511,6 +517,9 @@ def plot_anat_registration(anat: AnatResult, *, title: str = "") -> Figure:
         The brain-extracted T1w after the SyN in grey; the template's GM/WM boundary (Otsu
         level) in red and its brain mask outline in yellow.
     """
+    from neuroscale.compute.determinism import pin_itk
+
+    pin_itk()
     import ants
 
     from neuroscale.report.registration import plot_registration
