@@ -4,6 +4,8 @@ One command, from the repository root::
 
     python benchmarks/bench_motion.py                   # 1200 volumes (long: ~1-2 h in all)
     python benchmarks/bench_motion.py --n-volumes 100   # smoke run
+    python benchmarks/bench_motion.py --n-volumes 40 --voxel-mm 25 --permuted --skip-ants
+                                                        # coarse voxels, axis-permuted copy
 
 The workload
 ------------
@@ -15,6 +17,13 @@ real run's temporal noise level, written as float32 ``.nii.gz``.  The first 10 v
 moved (the reference period); the others follow a random walk (steps of 0.15 mm / 0.15 degree
 s.d.) with occasional jumps (up to 1.5 mm / 1.5 degree), clipped at 3 mm / 3 degrees.  So the
 truth is exact: the base volume carries no motion of its own.
+
+``--voxel-mm V`` block-averages every volume (and the reference) to about V mm voxels (whole
+voxels per axis, voxel centres at the blocks' centres) after moving it: the motion in world
+space, and so the truth, is unchanged.  ``--permuted`` also writes the same run with its voxel
+axes permuted (x, y, z) -> (z, x, y) and its affine permuted to match (the same image in world
+space) and runs the 1-worker neuroscale case on it; the report gives the agreement of the two
+(FD Pearson r, max |difference| of the translations and rotations).
 
 The cases (each in a fresh subprocess, sampled by the driver)
 -------------------------------------------------------------
@@ -69,8 +78,28 @@ N_STILL = 10
 # --------------------------------------------------------------------------- workload
 
 
-def make_run(n_volumes: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
-    """Write the moved run (``bold.nii.gz``), its truth (``truth.npy``) and reference."""
+def _block_mean(volume: np.ndarray, affine: np.ndarray, voxel_mm: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``volume`` averaged over blocks of about ``voxel_mm`` (whole voxels), and its affine."""
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    f = np.maximum(1, np.round(voxel_mm / zooms)).astype(int)
+    shape = [volume.shape[i] // f[i] for i in range(3)]
+    cut = volume[: shape[0] * f[0], : shape[1] * f[1], : shape[2] * f[2]]
+    out = cut.reshape(shape[0], f[0], shape[1], f[1], shape[2], f[2]).mean(axis=(1, 3, 5))
+    new = np.array(affine, dtype=np.float64)
+    new[:3, :3] = affine[:3, :3] * f
+    new[:3, 3] = affine[:3, :3] @ ((f - 1) / 2.0) + affine[:3, 3]
+    return out.astype(np.float32), new
+
+
+#: voxel axes of the permuted copy: (x, y, z) -> (z, x, y)
+PERM = (2, 0, 1)
+
+
+def make_run(n_volumes: int, workdir: Path, seed: int = 0, voxel_mm: float | None = None,
+             permuted: bool = False) -> dict[str, Any]:
+    """Write the moved run (``bold.nii.gz``, and ``bold-perm.nii.gz`` with ``permuted``), its
+    truth (``truth.npy``) and reference (on the written grid)."""
     import nibabel as nib
 
     from neuroscale.preproc.motion import apply_rigid_motion
@@ -78,7 +107,9 @@ def make_run(n_volumes: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
     stamp = workdir / "dataset.json"
     if stamp.is_file():
         meta: dict[str, Any] = json.loads(stamp.read_text())
-        if meta.get("n_volumes") == n_volumes and meta.get("seed") == seed:
+        if (meta.get("n_volumes") == n_volumes and meta.get("seed") == seed
+                and meta.get("voxel_mm") == voxel_mm
+                and (meta.get("permuted") or not permuted)):
             return meta
     src = nib.load(str(BOLD))
     real = np.asarray(src.dataobj[..., 2:12], dtype=np.float32)
@@ -95,27 +126,49 @@ def make_run(n_volumes: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
         if rng.random() < 0.02:  # a jump
             move += rng.uniform(-1.0, 1.0, 6) * step * 10
         truth[t] = np.clip(truth[t - 1] + move, -limit, limit)
-    header = nib.Nifti1Header()
-    header.set_data_dtype(np.float32)
-    header.set_xyzt_units("mm", "sec")
-    header.set_data_shape((*reference.shape, n_volumes))
-    header.set_zooms((*src.header.get_zooms()[:3], 2.0))
-    header.set_qform(affine, 1)
-    header.set_sform(affine, 1)
-    path = workdir / "bold.nii.gz"
+    out_ref, out_aff = (reference, affine) if voxel_mm is None else _block_mean(
+        reference, affine, voxel_mm)
+
+    def header_for(shape: tuple[int, ...], aff: np.ndarray) -> Any:
+        header = nib.Nifti1Header()
+        header.set_data_dtype(np.float32)
+        header.set_xyzt_units("mm", "sec")
+        header.set_data_shape((*shape, n_volumes))
+        header.set_zooms((*np.sqrt((aff[:3, :3] ** 2).sum(axis=0)), 2.0))
+        header.set_qform(aff, 1)
+        header.set_sform(aff, 1)
+        return header
+
+    perm_aff = out_aff.copy()
+    perm_aff[:, :3] = out_aff[:, list(PERM)]
+    outputs = [(workdir / "bold.nii.gz", header_for(out_ref.shape, out_aff), None)]
+    if permuted:
+        outputs.append((workdir / "bold-perm.nii.gz",
+                        header_for(tuple(out_ref.shape[i] for i in PERM), perm_aff), PERM))
     # streamed volume by volume: the whole run is never in memory here
+    import contextlib
     import gzip
 
-    with gzip.open(path, "wb", compresslevel=1) as fh:
-        header.write_to(fh)
-        fh.write(b"\0" * (int(header["vox_offset"]) - header.sizeof_hdr - 4))
+    with contextlib.ExitStack() as stack:
+        handles = []
+        for out_path, header, order in outputs:
+            fh = stack.enter_context(gzip.open(out_path, "wb", compresslevel=1))
+            header.write_to(fh)
+            fh.write(b"\0" * (int(header["vox_offset"]) - header.sizeof_hdr - 4))
+            handles.append((fh, order))
         for t in range(n_volumes):
             vol = apply_rigid_motion(reference, affine, truth[t])
             vol += rng.normal(0.0, sigma, vol.shape).astype(np.float32)
-            fh.write(np.asarray(vol, "<f4").tobytes(order="F"))
+            if voxel_mm is not None:
+                vol = _block_mean(vol, affine, voxel_mm)[0]
+            for fh, order in handles:
+                out = vol if order is None else np.transpose(vol, order)
+                fh.write(np.asarray(out, "<f4").tobytes(order="F"))
+    path = outputs[0][0]
     np.save(workdir / "truth.npy", truth)
-    np.save(workdir / "reference.npy", reference)
-    meta = {"n_volumes": n_volumes, "seed": seed, "shape": [*reference.shape, n_volumes],
+    np.save(workdir / "reference.npy", out_ref)
+    meta = {"n_volumes": n_volumes, "seed": seed, "shape": [*out_ref.shape, n_volumes],
+            "voxel_mm": voxel_mm, "permuted": permuted,
             "noise_sigma": sigma, "reference_mean_brain": float(reference[brain].mean()),
             "max_abs_trans_mm": float(np.abs(truth[:, :3]).max()),
             "max_abs_rot_deg": float(np.abs(truth[:, 3:]).max() / DEG),
@@ -127,7 +180,7 @@ def make_run(n_volumes: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
 # --------------------------------------------------------------------------- cases (children)
 
 
-def case_neuroscale(workdir: Path, workers: int, result: Path) -> None:
+def case_neuroscale(workdir: Path, workers: int, result: Path, name: str = "bold") -> None:
     import dask
     from dask.distributed import Client, LocalCluster
 
@@ -135,22 +188,25 @@ def case_neuroscale(workdir: Path, workers: int, result: Path) -> None:
     from neuroscale.io.zarr_cache import remove_cache
     from neuroscale.preproc.motion import realign, select_reference
 
-    cache = workdir / f"cache-w{workers}"
+    cache = workdir / f"cache-w{workers}-{name}"
     remove_cache(cache)
     t0 = time.perf_counter()
-    image = open_image(workdir / "bold.nii.gz", cache_dir=cache)
+    image = open_image(workdir / f"{name}.nii.gz", cache_dir=cache)
     t_ingest = time.perf_counter() - t0
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:
         client.run(lambda: None)  # workers up
         t0 = time.perf_counter()
         reference = select_reference(image, n_dummy=0, n_volumes=N_STILL)
-        graph = realign(image, workdir / f"realigned-w{workers}.zarr", reference)
-        params, mean = dask.compute(graph.params, graph.mean)
+        graph = realign(image, workdir / f"realigned-w{workers}-{name}.zarr", reference)
+        params, mean, qc = dask.compute(graph.params, graph.mean, graph.qc)
         wall = time.perf_counter() - t0
     np.save(result.with_suffix(".npy"), params)
     result.write_text(json.dumps({"wall_s": wall, "load_s": t_ingest, "n_tasks": graph.n_tasks,
-                                  "mean_finite": bool(np.isfinite(mean).all())}))
+                                  "mean_finite": bool(np.isfinite(mean).all()),
+                                  "n_reestimated": int((qc[:, 3] == 1).sum()),
+                                  "n_identity": int((qc[:, 3] == 2).sum()),
+                                  "metric": graph.settings["metric"]}))
     import shutil
 
     shutil.rmtree(graph.store, ignore_errors=True)  # ~1 GB for 1200 volumes
@@ -239,6 +295,10 @@ def main() -> None:
     parser.add_argument("--ants-threads", type=int, default=1,
                         help="ITK threads for ants.motion_correction (0: ITK's default)")
     parser.add_argument("--skip-ants", action="store_true")
+    parser.add_argument("--voxel-mm", type=float, default=None,
+                        help="block-average the run to about this voxel size (mm)")
+    parser.add_argument("--permuted", action="store_true",
+                        help="also realign an axis-permuted copy (1 worker) and compare")
     parser.add_argument("--workdir", type=Path,
                         default=Path(tempfile.gettempdir()) / "neuroscale-bench-motion")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -246,10 +306,12 @@ def main() -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--param", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--input", default="bold", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    workdir = args.workdir / f"n{args.n_volumes}"
+    workdir = args.workdir / (f"n{args.n_volumes}"
+                              + (f"-v{args.voxel_mm:g}" if args.voxel_mm else ""))
     if args.case == "neuroscale":
-        case_neuroscale(workdir, args.param, args.result)
+        case_neuroscale(workdir, args.param, args.result, args.input)
         return
     if args.case == "ants":
         case_ants(workdir, args.param, args.result)
@@ -258,22 +320,26 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    meta = make_run(args.n_volumes, workdir, args.seed)
+    meta = make_run(args.n_volumes, workdir, args.seed, args.voxel_mm, args.permuted)
     print(f"workload ready in {time.perf_counter() - t0:.1f} s: {meta}", flush=True)
     truth = np.load(workdir / "truth.npy")
     base = ["--n-volumes", str(args.n_volumes), "--workdir", str(args.workdir)]
+    if args.voxel_mm:
+        base += ["--voxel-mm", str(args.voxel_mm)]
     rows: list[dict[str, Any]] = []
-    cases = [("neuroscale", w) for w in args.workers]
+    cases = [("neuroscale", w, "bold") for w in args.workers]
+    if args.permuted:
+        cases.append(("neuroscale", 1, "bold-perm"))
     if not args.skip_ants:
-        cases.append(("ants", args.ants_threads))
-    for name, param in cases:
-        result = workdir / f"result-{name}-{param}.json"
-        print(f"running {name} ({param}) ...", flush=True)
+        cases.append(("ants", args.ants_threads, "bold"))
+    for name, param, input_name in cases:
+        result = workdir / f"result-{name}-{param}-{input_name}.json"
+        print(f"running {name} ({param}, {input_name}) ...", flush=True)
         load = os.getloadavg()[0]
         sampled = run_case([*base, "--case", name, "--param", str(param), "--result",
-                            str(result)])
+                            str(result), "--input", input_name])
         rec = {**json.loads(result.read_text()), **sampled, "case": name, "param": param,
-               "load_before": load}
+               "input": input_name, "load_before": load}
         params = np.load(result.with_suffix(".npy"))
         rec.update(_errors(params, truth))
         rec["params_file"] = str(result.with_suffix(".npy"))
@@ -288,7 +354,20 @@ def main() -> None:
             if r["case"] == "neuroscale":
                 agreement[f"neuroscale {r['param']} worker(s) vs ants"] = _errors(
                     np.load(r["params_file"]), ants_params)
-    ns_rows = [r for r in rows if r["case"] == "neuroscale"]
+    perm_rows = [r for r in rows if r.get("input") == "bold-perm"]
+    if perm_rows:
+        from neuroscale.preproc.motion import framewise_displacement
+
+        first = np.load(next(r for r in rows if r["case"] == "neuroscale"
+                             and r["param"] == 1 and r["input"] == "bold")["params_file"])
+        other = np.load(perm_rows[0]["params_file"])
+        fd_a, fd_b = framewise_displacement(first)[1:], framewise_displacement(other)[1:]
+        agreement["neuroscale, axis-permuted copy vs original (1 worker)"] = {
+            "fd_r": float(np.corrcoef(fd_a, fd_b)[0, 1]),
+            "max_abs": float(np.abs(other - first).max()),
+            "trans_max_mm": float(np.abs(other - first)[:, :3].max()),
+            "rot_max_deg": float(np.abs(other - first)[:, 3:].max() / DEG)}
+    ns_rows = [r for r in rows if r["case"] == "neuroscale" and r.get("input") != "bold-perm"]
     if len(ns_rows) > 1:
         first = np.load(ns_rows[0]["params_file"])
         for r in ns_rows[1:]:
@@ -325,7 +404,9 @@ def write_report(args: argparse.Namespace, meta: dict[str, Any], rows: list[dict
         f"({meta['bytes_gz'] / 1e6:.0f} MB), the real studyforrest reference volume moved by "
         f"known motions (max {meta['max_abs_trans_mm']:.2f} mm, {meta['max_abs_rot_deg']:.2f} "
         f"deg) plus noise (sigma {meta['noise_sigma']:.0f}, brain mean "
-        f"{meta['reference_mean_brain']:.0f})",
+        f"{meta['reference_mean_brain']:.0f})"
+        + (f", block-averaged to ~{meta['voxel_mm']:g} mm voxels after moving"
+           if meta.get("voxel_mm") else ""),
         f"- ants.motion_correction ITK threads: {args.ants_threads or 'default (all cores)'}",
         "",
         "| tool | workers | tasks | load s (not in wall) | wall s | s / volume | peak RSS GB "
@@ -335,15 +416,25 @@ def write_report(args: argparse.Namespace, meta: dict[str, Any], rows: list[dict
     for r in rows:
         tool = ("neuroscale realign (LocalCluster)" if r["case"] == "neuroscale"
                 else "ants.motion_correction")
+        if r.get("input") == "bold-perm":
+            tool += ", axis-permuted copy"
         workers = r["param"] if r["case"] == "neuroscale" else "1 process"
         lines.append(
             f"| {tool} | {workers} | {r['n_tasks']} | {r['load_s']:.1f} | {r['wall_s']:.1f} | "
             f"{r['wall_s'] / args.n_volumes:.2f} | {r['peak_rss_gb']:.2f} | "
             f"{r['trans_max_mm']:.3f} / {r['trans_median_mm']:.3f} | "
             f"{r['rot_max_deg']:.3f} / {r['rot_median_deg']:.3f} |")
+    for r in rows:
+        if r["case"] == "neuroscale":
+            lines.append(f"- neuroscale {r['param']} worker(s), {r.get('input', 'bold')}: metric "
+                         f"{r.get('metric')}, implausible estimates re-estimated "
+                         f"{r.get('n_reestimated')}, set to identity {r.get('n_identity')}")
     lines += ["", "Agreement of the parameters:", ""]
     for name, a in agreement.items():
-        if "trans_max_mm" in a:
+        if "fd_r" in a:
+            lines.append(f"- {name}: FD r {a['fd_r']:.4f}, max |difference| translations "
+                         f"{a['trans_max_mm']:.4f} mm, rotations {a['rot_max_deg']:.4f} deg")
+        elif "trans_max_mm" in a:
             lines.append(f"- {name}: trans max / median {a['trans_max_mm']:.3f} / "
                          f"{a['trans_median_mm']:.3f} mm, rot max / median "
                          f"{a['rot_max_deg']:.3f} / {a['rot_median_deg']:.3f} deg")
@@ -361,7 +452,9 @@ def write_report(args: argparse.Namespace, meta: dict[str, Any], rows: list[dict
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{now:%Y-%m-%d}-motion-n{args.n_volumes}"
+    stem = (f"{now:%Y-%m-%d}-motion-n{args.n_volumes}"
+            + (f"-v{args.voxel_mm:g}" if args.voxel_mm else "")
+            + ("-perm" if args.permuted else ""))
     (args.out / f"{stem}.md").write_text(text)
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"meta": meta, "rows": rows, "agreement": agreement, "load0": load0}, indent=1))
