@@ -291,7 +291,7 @@ def process_bold_run(
     from neuroscale.analysis import alff as alff_mod
     from neuroscale.analysis import centrality, denoise, qc, reho, seed
     from neuroscale.analysis.confounds import find_confounds_file
-    from neuroscale.analysis.mask import compute_brain_mask, load_mask
+    from neuroscale.analysis.mask import compute_brain_mask, load_mask, require_signal
     from neuroscale.image import (
         Series,
         open_image,
@@ -330,6 +330,7 @@ def process_bold_run(
     if client is not None:
         client.submit(ingest_nifti, bold, cache_root, info=info, pure=False).result()
     image = open_image(bold, cache_dir=cache_root, t_r=t_r)
+    require_signal(image)  # constant / all-zero data: refused before motion correction
     bold_sha = image.meta["sha256"]
     rel = (str(run.relpath) if fmriprep is None
            else f"fmriprep:{Path(bold).name}")
