@@ -47,11 +47,9 @@ class Interruption:
 
 
 CASES = [
-    # the working copy is being written (ingest)
-    Interruption("sigint-ingest", signal.SIGINT, r"^neuroscale: sub-02/func/", delay=3.0),
-    # phase A (QC, ALFF, denoising: outputs and the denoised store being written)
+    # Ctrl-C in phase B (ALFF, denoising: outputs and the denoised store being written)
     Interruption("sigint-denoising", signal.SIGINT, r": ALFF, denoising$"),
-    Interruption("sigint-command-only", signal.SIGINT, r": ALFF, denoising$", group=False),
+    # kill -9 while the working copy is written (ingest), and in phase C (ReHo...)
     Interruption("sigkill-ingest", signal.SIGKILL, r"^neuroscale: sub-02/func/", delay=3.0,
                  group=False),
     Interruption("sigkill-reho", signal.SIGKILL, r": ReHo, ", delay=0.5, group=False),

@@ -568,7 +568,10 @@ def process_bold_run(
 
     def select() -> None:
         nonlocal confounds
-        if need_confounds_now and conf_path is not None:
+        # also when only phase C runs again (its sidecars record the regressors the reused
+        # denoised series was cleaned with, as a clean run's do)
+        if conf_path is not None and (need_confounds_now or (
+                strategy.lower() != "none" and Path(conf_path).is_file())):
             confounds, names, used, why = _choose_confounds(
                 conf_path, strategy, image.n_volumes, outcome, motion=motion_params is not None,
                 tissue=bool(tissue) or fmriprep is not None)
