@@ -106,6 +106,11 @@ def _all_zero(root: Path) -> list[object]:
     return _args(root)
 
 
+def _all_zero_motion_corrected(root: Path) -> list[object]:
+    _all_zero(root)
+    return [a for a in _args(root) if a != "--no-motion-correction"]
+
+
 def _zero_voxel_size(codes: tuple[int, int]) -> Callable[[Path], list[object]]:
     def make(root: Path) -> list[object]:
         def edit(h: nib.Nifti1Header) -> None:
@@ -216,6 +221,9 @@ CASES = [
     Case("scl-slope-overflow", _scl_slope_overflow, 3, r"scl_slope.*3e\+38.*float32", BOLD_NAME),
     Case("constant-data", _constant, 4, r"constant over time", BOLD_NAME),
     Case("all-zero-data", _all_zero, 4, r"constant over time \(every value is 0\)", BOLD_NAME),
+    # refused before motion correction (which took 10 min on 12 all-zero volumes, then blamed motion)
+    Case("all-zero-data-motion-correction", _all_zero_motion_corrected, 4,
+         r"constant over time \(every value is 0\)", BOLD_NAME, timeout=120),
     # -- dimensions against the file size ----------------------------------------------------
     Case("dims-32767^3x1000", _dims([32767, 32767, 32767, 1000]), 3,
          r"header claims .* bytes of data .* at most", BOLD_NAME, timeout=60),
