@@ -1417,17 +1417,18 @@ class Catalog:
         a throw-away ``tmp/`` copy (``decoys``) of what is, sync both, re-hash both."""
         store = self.store
         need_copy: list[str] = []
-        with self._sessions() as s:
+        with self._sessions() as s:  # (every content, new or not: the same query either way)
             bad = {
                 sha
-                for part in _chunks([x for x, st in states.items() if st == "ok"], SQL_CHUNK)
+                for part in _chunks(list(states), SQL_CHUNK)
                 for sha, check in s.execute(
                     select(Blob.sha256, Blob.check_status).where(Blob.sha256.in_(part))
                 )
-                if check in BAD_CHECKS
+                if check in BAD_CHECKS and states[sha] == "ok"
             }
         for sha, state in states.items():
-            if state == "pending" or sha in bad or store.stored_size(sha) != sizes[sha]:
+            on_disk = store.stored_size(sha)  # (asked for new content too: the same work)
+            if state == "pending" or sha in bad or on_disk != sizes[sha]:
                 need_copy.append(sha)
             else:
                 decoys[sha] = ""
@@ -1481,10 +1482,21 @@ class Catalog:
                     s.execute(select(Blob.sha256, Blob.state).where(Blob.sha256.in_(part))).all()
                 )
         fresh = [sha for sha in sizes if sha not in known]
-        if fresh:
+        stored = [sha for sha, state in known.items() if state == "ok"]
+        if fresh or stored:
             try:
                 with self._sessions() as s, s.begin():
                     created = utcnow()
+                    # a content already stored gets the same write transaction as a new claim
+                    # (its row rewritten unchanged), so that claiming takes as long whether or
+                    # not anyone holds the content
+                    for part in _chunks(stored, SQL_CHUNK):
+                        s.execute(
+                            update(Blob)
+                            .where(Blob.sha256.in_(part))
+                            .values(state=Blob.state)
+                            .execution_options(synchronize_session=False)
+                        )
                     for part in _chunks(fresh, SQL_CHUNK):
                         s.execute(
                             insert(_table(Blob)),
