@@ -183,3 +183,29 @@ def test_pinned_ants_calls_agree_across_thread_settings(tmp_path: Path) -> None:
         digests[setting] = proc.stdout.strip().splitlines()[-1]
     assert digests["unset-pin"] == digests["3-pin"], digests
     assert digests["3-nopin"] != digests["3-pin"], digests
+
+
+def test_transform_digest_ignores_hdf5_write_times(tmp_path: Path) -> None:
+    """The same SyN written twice, seconds apart: the .h5 bytes differ (HDF5 object headers
+    keep their times), :func:`transform_sha256` does not; another transform's does."""
+    import ants
+
+    from neuroscale.compute.determinism import pin_itk
+    from neuroscale.preproc.anat import read_3d_ants, transform_sha256
+
+    pin_itk()
+    example = Path(__file__).resolve().parents[1] / "examples" / "ds-studyforrest-oneback"
+    t1 = ants.resample_image(read_3d_ants(example / "sub-02" / "anat" / "sub-02_T1w.nii.gz",
+                                          "T1w"), (8.0,) * 3, use_voxels=False, interp_type=0)
+    shifted = t1.new_image_like(t1.numpy()[::-1].copy())
+    files = []
+    for i in range(2):
+        reg = ants.registration(t1, shifted, type_of_transform="SyNOnly", syn_metric="mattes",
+                                reg_iterations=(4, 0, 0), write_composite_transform=True,
+                                outprefix=str(tmp_path / f"r{i}_"))
+        files.append(Path(reg["fwdtransforms"]))
+        time.sleep(1.1)
+    assert files[0].read_bytes() != files[1].read_bytes()
+    assert transform_sha256(files[0]) == transform_sha256(files[1])
+    inverse = Path(reg["invtransforms"])
+    assert transform_sha256(inverse) != transform_sha256(files[1])

@@ -203,9 +203,11 @@ def output_differences(first: Path, second: Path) -> list[str]:
     """Every difference between two output directories of the same analysis, one line each.
 
     NIfTI files: the same shape, dtype, affine and exactly equal voxel arrays; TSV and text
-    files: the same bytes; JSON files: equal values, except the keys that hold times
-    (``Started``, ``Ended``, ``Timings_s``...), with each run's own directory (and its
-    ``_work`` twin) and the code's git commit written as placeholders.  HTML reports and figures are not compared.
+    files: the same bytes (HDF5 transforms: the same bytes but their write times,
+    :func:`neuroscale.preproc.anat.transform_sha256`); JSON files: equal values, except the keys
+    that hold times (``Started``, ``Ended``, ``Timings_s``...), with each run's own directory
+    (and its ``_work`` twin) and the code's git commit written as placeholders.  HTML reports
+    and figures are not compared.
     Returns an empty list when the two are the same.
     """
     roots = sorted([(str(first) + "_work", "<WORK>"), (str(second) + "_work", "<WORK>"),
@@ -236,6 +238,11 @@ def output_differences(first: Path, second: Path) -> list[str]:
                 out.append(f"{rel}: JSON values differ {keys[:10]}")
         elif rel.name.endswith((".html", ".svg", ".png")):
             continue
+        elif rel.name.endswith(".h5"):  # HDF5 keeps its write times in the file
+            from neuroscale.preproc.anat import transform_sha256
+
+            if transform_sha256(a) != transform_sha256(b):
+                out.append(f"{rel}: transforms differ")
         elif a.read_bytes() != b.read_bytes():
             out.append(f"{rel}: contents differ")
     return out

@@ -60,7 +60,8 @@ class AnatomicalContext:
     warnings : list of str
         Why there is none (no T1w, registration disabled...), for every run's report.
     sha256 : str or None
-        Checksum of the T1w -> template transform (enters the runs' provenance hashes).
+        Content checksum of the T1w -> template transform (:func:`~neuroscale.preproc.anat.
+        transform_sha256`; enters the runs' provenance hashes).
     """
 
     result: Any = None
@@ -99,7 +100,6 @@ def prepare_anatomy(bids_dir: Path, subject: str, session: str | None, out_dir: 
         The T1w or the template is not a 3D image.
     """
     from neuroscale.bids.layout import find_t1w
-    from neuroscale.provenance import sha256_file
 
     if "fmriprep" in config.derivatives or not config.registration:
         return AnatomicalContext()
@@ -109,7 +109,7 @@ def prepare_anatomy(bids_dir: Path, subject: str, session: str | None, out_dir: 
             f"sub-{subject} has no T1w image: EPI-only processing (no registration to "
             "MNI152NLin2009cAsym; MNI-space atlases are not used; tissue confounds "
             "(WM, CSF, aCompCor) are not available)"])
-    from neuroscale.preproc.anat import process_anat
+    from neuroscale.preproc.anat import process_anat, transform_sha256
 
     template = Path(config.template) if config.template else default_template()
     work = Path(config.work_dir or out_dir / "work").resolve() / "anat" / f"sub-{subject}"
@@ -120,7 +120,8 @@ def prepare_anatomy(bids_dir: Path, subject: str, session: str | None, out_dir: 
         result = _submit_pinned(client, process_anat, t1w, anat_dir, subject, **kwargs)
     else:
         result = process_anat(t1w, anat_dir, subject, **kwargs)  # type: ignore[arg-type]
-    return AnatomicalContext(result=result, sha256=str(sha256_file(result.t1w_to_template)))
+    # the transform's content, not its bytes: HDF5 stores write times in the file
+    return AnatomicalContext(result=result, sha256=transform_sha256(result.t1w_to_template))
 
 
 def _submit_pinned(client: Any, func: Any, *args: Any, **kwargs: Any) -> Any:

@@ -84,6 +84,7 @@ __all__ = [
     "dice",
     "process_anat",
     "read_3d_ants",
+    "transform_sha256",
 ]
 
 #: The template space of the normalisation (TemplateFlow identifier).
@@ -132,6 +133,48 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"masks of different shapes {a.shape} and {b.shape}")
     total = int(a.sum()) + int(b.sum())
     return 0.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def transform_sha256(path: str | Path) -> str:
+    """sha256 of an ANTs/ITK transform file, without the write times HDF5 stores in it.
+
+    ITK writes composite transforms (``.h5``) with HDF5 version-2 object headers, which carry
+    their access / modification / change / birth times (and a checksum over them): two
+    identical transforms written a second apart differ in those bytes.  This digest is the
+    sha256 of the file with each ``OHDR`` header's 16 bytes of times and its checksum set to
+    zero (HDF5 file format specification 3.0, section IV.A.1.b); any other file is digested as
+    it is.  Identical transforms give identical digests, whenever they were written.
+
+    Parameters
+    ----------
+    path : str or Path
+        The transform file.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+    """
+    import hashlib
+
+    data = bytearray(Path(path).read_bytes())
+    if data[:8] == b"\x89HDF\r\n\x1a\n":
+        pos = data.find(b"OHDR")
+        while pos >= 0:
+            if pos + 6 <= len(data) and data[pos + 4] == 2:  # version-2 object header
+                flags = data[pos + 5]
+                p = pos + 6
+                if flags & 0x20:  # times stored
+                    data[p:p + 16] = bytes(16)
+                    p += 16
+                if flags & 0x10:  # attribute phase change values
+                    p += 4
+                width = 1 << (flags & 0x03)
+                end = p + width + int.from_bytes(data[p:p + width], "little")
+                if end + 4 <= len(data):  # the checksum after chunk 0
+                    data[end:end + 4] = bytes(4)
+            pos = data.find(b"OHDR", pos + 4)
+    return hashlib.sha256(bytes(data)).hexdigest()
 
 
 def array_to_ants(data: np.ndarray, affine: np.ndarray) -> Any:
