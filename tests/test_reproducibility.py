@@ -209,3 +209,25 @@ def test_transform_digest_ignores_hdf5_write_times(tmp_path: Path) -> None:
     assert transform_sha256(files[0]) == transform_sha256(files[1])
     inverse = Path(reg["invtransforms"])
     assert transform_sha256(inverse) != transform_sha256(files[1])
+
+
+def test_pin_after_ants_was_used_warns() -> None:
+    """A process that ran ANTsPy before neuroscale could pin ITK (thread variable unset) is
+    told that its registrations may differ; a fresh process pins silently."""
+    code = r"""
+import logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+from neuroscale.compute.determinism import pin_itk
+if sys.argv[1] == "used":
+    import ants, numpy as np
+    ants.smooth_image(ants.from_numpy(np.ones((8, 8, 8), dtype="float32")), 1.0)
+print(pin_itk())
+"""
+    out = {}
+    for state in ("used", "fresh"):
+        proc = subprocess.run([sys.executable, "-c", code, state], capture_output=True,
+                              text=True, env=_clean_env(), timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[state] = (proc.stdout.strip().splitlines()[-1], proc.stderr)
+    assert out["used"][0] == "False" and "may differ" in out["used"][1], out["used"]
+    assert out["fresh"] == ("True", ""), out["fresh"]
