@@ -9,6 +9,13 @@ import pytest
 
 os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")  # numpy#19685: see PERFORMANCE.md
 
+# ANTs/ITK results depend on ITK's thread count, which ITK fixes at the first filter of a process:
+# pin it (and ANTs' seeds) before any test imports ants, so in-process results do not depend on
+# which test ran ANTs first (neuroscale's own calls pin it too, but only from their first call on)
+from neuroscale.compute.determinism import pin_itk
+
+pin_itk()
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NEUROSCALE_SHARED_DATA", REPO.parent / "shared" / "data"))
 STUDYFORREST = SHARED_DATA / "bids" / "ds-studyforrest-oneback"
