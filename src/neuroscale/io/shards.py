@@ -118,6 +118,23 @@ def _span(sub: np.ndarray) -> tuple[int, int]:
     return int(sub[ok, 0].min()), int((sub[ok, 0] + sub[ok, 1]).max())
 
 
+def _encode_chunk(chunk: np.ndarray, codec: str, blosc_params: Any, checksum: bool) -> bytes:
+    """One chunk's stored bytes: raw or blosc (``blosc_params`` = cname, clevel, shuffle,
+    blocksize), then the 4-byte little-endian CRC-32C of Zarr's ``crc32c`` codec when ``checksum``."""
+    if codec == "raw":
+        encoded = chunk.tobytes()
+    else:
+        from numcodecs import blosc
+
+        cname, clevel, shuffle, blocksize = blosc_params
+        encoded = bytes(blosc.compress(chunk, cname.encode(), clevel, shuffle, blocksize))
+    if checksum:
+        import google_crc32c
+
+        encoded += google_crc32c.value(encoded).to_bytes(4, "little")
+    return encoded
+
+
 @dataclass(frozen=True)
 class ShardedArray:
     """A local Zarr v3 array laid out as the working copy: shards of whole ``(x, y, z)`` volumes.
@@ -441,18 +458,7 @@ class ShardedArray:
         return offset + len(parts[-1])
 
     def _encode(self, chunk: np.ndarray) -> bytes:
-        if self.codec == "raw":
-            encoded = chunk.tobytes()
-        else:
-            from numcodecs import blosc
-
-            cname, clevel, shuffle, blocksize = self.blosc
-            encoded = bytes(blosc.compress(chunk, cname.encode(), clevel, shuffle, blocksize))
-        if self.checksum:
-            import google_crc32c
-
-            encoded += google_crc32c.value(encoded).to_bytes(4, "little")
-        return encoded
+        return _encode_chunk(chunk, self.codec, self.blosc, self.checksum)
 
 
 @dataclass(frozen=True)
@@ -555,17 +561,7 @@ class ColumnChunkedArray:
         else:
             full = np.full((n_rows, self.width), self.fill_value, dtype=self.dtype)
             full[:, :cols] = block
-        if self.codec == "raw":
-            encoded = full.tobytes()
-        else:
-            from numcodecs import blosc
-
-            cname, clevel, shuffle, blocksize = self.blosc
-            encoded = bytes(blosc.compress(full, cname.encode(), clevel, shuffle, blocksize))
-        if self.checksum:
-            import google_crc32c
-
-            encoded += google_crc32c.value(encoded).to_bytes(4, "little")
+        encoded = _encode_chunk(full, self.codec, self.blosc, self.checksum)
         name = self._chunk_file(start // self.width)
         name.parent.mkdir(parents=True, exist_ok=True)
         name.write_bytes(encoded)
