@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from tests.hostile.harness import bold_path, check_success, rewrite_bold, run_cli, small_bids
+from tests.utils import block_mean
 
 #: FAST without --no-motion-correction
 OPTIONS = ["--no-registration", "--no-progress", "--n-workers", "1", "--no-centrality"]
@@ -26,16 +27,7 @@ def _coarse_permuted(bids: Path, mask_path: Path) -> None:
     """Rewrite the BOLD as its 25 mm permuted/flipped copy; write a brain mask for it (the voxels
     above the mean of the mean volume: nilearn's EPI mask is empty on a 10 x 10 x 4 grid)."""
     img = nib.load(str(bold_path(bids)))
-    data = np.asarray(img.get_fdata(dtype=np.float32))
-    affine = img.affine
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    f = np.maximum(1, np.round(25.0 / zooms)).astype(int)  # 8 x 8 x 8 voxels a block
-    shape = [data.shape[i] // f[i] for i in range(3)]
-    cut = data[: shape[0] * f[0], : shape[1] * f[1], : shape[2] * f[2]]
-    coarse = cut.reshape(shape[0], f[0], shape[1], f[1], shape[2], f[2], -1).mean(axis=(1, 3, 5))
-    new = affine.copy()
-    new[:3, :3] = affine[:3, :3] * f
-    new[:3, 3] = affine[:3, :3] @ ((f - 1) / 2.0) + affine[:3, 3]
+    coarse, new = block_mean(np.asarray(img.get_fdata(dtype=np.float32)), img.affine, 25.0)
     # axes (z, x, y), then the new first axis flipped: the same image in world space
     coarse = np.flip(np.transpose(coarse, (2, 0, 1, 3)), axis=0)
     perm = new.copy()

@@ -10,7 +10,7 @@ import dask
 import nibabel as nib
 import numpy as np
 import pytest
-from tests.utils import raise_if_dask_computes
+from tests.utils import block_mean, raise_if_dask_computes
 
 from neuroscale import open_image
 from neuroscale.errors import AnalysisError, ImageFormatError
@@ -311,21 +311,6 @@ def test_grid_center_is_voxel_centre() -> None:
 # ----------------------------------------------------------------------- coarse grids, voxel order
 
 
-def _block_mean(data: np.ndarray, affine: np.ndarray, target_mm: float
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Average (x, y, z, t) data over blocks of about ``target_mm`` (whole voxels per axis);
-    the affine of the block grid (voxel centres at the blocks' centres)."""
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    f = np.maximum(1, np.round(target_mm / zooms)).astype(int)
-    shape = [data.shape[i] // f[i] for i in range(3)]
-    cut = data[: shape[0] * f[0], : shape[1] * f[1], : shape[2] * f[2]]
-    out = cut.reshape(shape[0], f[0], shape[1], f[1], shape[2], f[2], -1).mean(axis=(1, 3, 5))
-    new = affine.copy()
-    new[:3, :3] = affine[:3, :3] * f
-    new[:3, 3] = affine[:3, :3] @ ((f - 1) / 2.0) + affine[:3, 3]
-    return out.astype(np.float32), new
-
-
 def _reordered(data: np.ndarray, affine: np.ndarray, perm: tuple[int, int, int],
                flip: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The same image in world space with its voxel axes permuted (and one flipped)."""
@@ -383,7 +368,7 @@ def test_coarse_voxels_give_plausible_estimates(real_block, tmp_path: Path) -> N
     """The real run block-averaged to 24 x 24 x 26.4 mm voxels (10 x 10 x 4): estimates stay
     at the native run's scale (below 0.2 mm there); with the fixed schedule they reached
     5.7 mm / 0.064 rad on the permuted copy and FD censoring removed most volumes."""
-    data, affine = _block_mean(*real_block, target_mm=25.0)
+    data, affine = block_mean(*real_block, target_mm=25.0)
     assert data.shape[:3] == (10, 10, 4)
     params, qc, graph = _realign_array(data, affine, tmp_path, "coarse")
     assert graph.settings["metric"] == "MeanSquares"
@@ -409,7 +394,7 @@ def test_permuted_copy_gives_the_same_estimates(real_block, tmp_path: Path) -> N
     exactly, a flipped one (its shifted origin rounded to float32 in the sform) to < 0.02 mm
     and 5e-4 rad.
     A smaller sample and fewer iterations than the defaults keep the test short."""
-    data, affine = _block_mean(real_block[0][..., :8], real_block[1], target_mm=6.0)
+    data, affine = block_mean(real_block[0][..., :8], real_block[1], target_mm=6.0)
     settings = {**motion.REGISTRATION_SETTINGS, "min_samples": 4000, "iterations": (40, 20)}
     params, _, graph = _realign_array(data, affine, tmp_path, "orig", settings)
     assert graph.settings["metric"] == "Mattes" and graph.settings["sampling_percentage"] < 1
@@ -429,7 +414,7 @@ def test_implausible_estimates_fall_back_then_refuse(real_block, tmp_path: Path)
     """The check itself: an estimate that moves the brain without improving its match is
     rejected; with thresholds no estimate can meet, every volume falls back to the identity
     and the run is refused with one AnalysisError naming the file (no completion marker)."""
-    data, affine = _block_mean(real_block[0][..., :12], real_block[1], target_mm=25.0)
+    data, affine = block_mean(real_block[0][..., :12], real_block[1], target_mm=25.0)
     ref = np.median(data, axis=3)
     bright = ref > ref.mean()
     corners = np.array([[x, y, z, 1.0] for x in (0, 9) for y in (0, 9) for z in (0, 3)]).T
