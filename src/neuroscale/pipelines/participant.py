@@ -20,29 +20,46 @@ changed parameter touches.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import sys
-import warnings
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from neuroscale import __version__
-from neuroscale.errors import AnalysisError, ConfigurationError, NeuroscaleError
-from neuroscale.pipelines.preprocessing import (
+from neuroscale.analysis.confounds import load_confounds, load_strategy_file
+from neuroscale.bids.derivatives import write_dataset_description
+from neuroscale.bids.layout import find_bold_runs
+from neuroscale.compute.cluster import compute_error, describe_failure, is_cluster_failure
+from neuroscale.compute.logs import current_log_file
+from neuroscale.errors import (
+    AnalysisError,
+    ConfigurationError,
+    InputNotFoundError,
+    NeuroscaleError,
+)
+from neuroscale.pipelines.bold_steps import RunState, bold_run_steps
+from neuroscale.pipelines.participant_report import write_participant_reports
+from neuroscale.pipelines.run_inputs import (
     AnatomicalContext,
+    censoring,
+    check_atlas_overlap,
+    confound_inputs,
+    denoising_params,
+    motion_correction,
+    open_bold,
     prepare_anatomy,
+    qc_facts,
     register_run,
     resolve_atlases,
+    select_confounds,
+    write_mask,
 )
-from neuroscale.pipelines.preprocessing import _atlas_mask_coverage as _atlas_mask_coverage
-from neuroscale.pipelines.preprocessing import fd_from_confounds as _fd_from_confounds
-from neuroscale.pipelines.preprocessing import select_confounds as _select_confounds
+from neuroscale.pipelines.steps import Runner, RunRecord, compute_phase
+from neuroscale.preproc.motion import framewise_displacement
 
 log = logging.getLogger(__name__)
 
@@ -179,82 +196,6 @@ class RunOutcome:
     anat: Any = None
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class _RunContext:
-    """Bookkeeping of one run: output paths, provenance hashes, skip decisions."""
-
-    def __init__(self, run: Any, out_dir: Path, sources: list[tuple[Path, str | None, str]],
-                 catalog: Any = None, collection: str = "neuroscale",
-                 space: str | None = None) -> None:
-        self.run = run
-        self.space = space
-        self.out_dir = out_dir
-        self.sources = sources
-        self.outcome = RunOutcome(run=run)
-        self.started = _now()
-        self.catalog = catalog
-        self.collection = collection
-        #: top-level sidecar keys of the outputs recorded from now on (e.g. the confound
-        #: regressors applied, known only once the confounds exist; not part of the hash)
-        self.extra: dict[str, Any] = {}
-        self._catalogued: set[str] = set()
-
-    def path(self, **kwargs: Any) -> Path:
-        from neuroscale.bids.derivatives import derivative_path
-
-        if self.space and "space" not in kwargs:
-            kwargs["space"] = self.space
-        return derivative_path(self.out_dir, self.run.entities, **kwargs)
-
-    def hash(self, params: dict[str, Any], extra_sources: list[str] | None = None) -> str:
-        from neuroscale.provenance import provenance_hash
-
-        shas = [s[2] for s in self.sources] + list(extra_sources or [])
-        return provenance_hash(shas, params)
-
-    def up_to_date(self, path: Path, digest: str) -> bool:
-        from neuroscale.provenance import is_up_to_date
-
-        return bool(is_up_to_date(path, digest))
-
-    def record(self, name: str, path: Path, params: dict[str, Any],
-               extra_sources: list[tuple[Path, str | None, str]] | None = None) -> None:
-        from neuroscale.provenance import write_provenance
-
-        sources = self.sources + list(extra_sources or [])
-        ended = _now()
-        write_provenance(path, sources=sources, parameters=params, started=self.started,
-                         ended=ended, extra=self.extra or None)
-        self.outcome.outputs[name] = path
-        self.outcome.computed.append(name)
-        if self.catalog is not None:
-            self._register(path, sources, params, ended)
-
-    def _register(self, path: Path, sources: list[tuple[Path, str | None, str]],
-                  params: dict[str, Any], ended: datetime) -> None:
-        """Register ``path`` in the catalog, ingesting its sources (by checksum) first."""
-        rel = path.relative_to(self.out_dir)
-        for src, _, sha in sources:
-            if sha not in self._catalogued:
-                self.catalog.ingest([src], f"{self.collection}/sources")
-                self._catalogued.add(sha)
-        self.catalog.register_derivative(
-            path, sources=[sha for _, _, sha in sources],
-            software=f"neuroscale {__version__}",
-            collection=f"{self.collection}/{rel.parent.as_posix()}",
-            parameters=json.loads(json.dumps(params, default=str)),
-            started=self.started, ended=ended)
-
-
-def _sha256(path: Path) -> str:
-    from neuroscale.provenance import sha256_file
-
-    return str(sha256_file(path))
-
-
 def process_bold_run(
     run: Any,
     out_dir: Path,
@@ -263,6 +204,11 @@ def process_bold_run(
     anat: Any = None,
 ) -> RunOutcome:
     """Analyse one BOLD run; see the module docstring for the steps.
+
+    The run's inputs are prepared here (working copy, head motion, mask, registration,
+    atlases, confounds, censoring); its derivatives are the declared steps of
+    :mod:`neuroscale.pipelines.bold_steps`, planned, computed, written and recorded by
+    :class:`~neuroscale.pipelines.steps.Runner`.
 
     Parameters
     ----------
@@ -287,584 +233,91 @@ def process_bold_run(
     NeuroscaleError
         Bad input (format, metadata, unsuitable data); nothing half-written is left.
     """
-
-    from neuroscale.analysis import alff as alff_mod
-    from neuroscale.analysis import centrality, denoise, qc, reho, seed
-    from neuroscale.analysis.confounds import find_confounds_file
-    from neuroscale.analysis.mask import compute_brain_mask, load_mask, require_signal
-    from neuroscale.image import (
-        Series,
-        open_image,
-        read_series_store,
-        store_series,
-        values_to_volume,
-    )
-    from neuroscale.io.nifti import read_nifti_info, save_nifti
-    from neuroscale.io.zarr_cache import ingest_nifti
-
     work = Path(config.work_dir or out_dir / "work").resolve()
-    cache_root = work / "zarr"
     anat = anat if anat is not None else AnatomicalContext()
-
-    # -- 0. fMRIPrep derivatives instead of the raw run? ----------------------------------------
-    fmriprep = None
-    if "fmriprep" in config.derivatives:
-        from neuroscale.bids.fmriprep import find_fmriprep_bold
-
-        fmriprep = find_fmriprep_bold(Path(config.derivatives["fmriprep"]), run)
-    bold = Path(fmriprep.preproc_bold if fmriprep is not None else run.path)
-    t_r_sidecar = run.t_r
-
-    # -- 1. validate + ingest (one streaming pass, on a worker) ------------------------------
-    info = read_nifti_info(bold)
-    if info.ndim != 4 or info.shape[3] < 2:
-        raise AnalysisError(f"a BOLD run must be 4D with >= 2 volumes, got shape {info.shape}",
-                            bold)
-    t_r = t_r_sidecar if t_r_sidecar is not None else info.t_r_header
-    if t_r is None or not np.isfinite(t_r) or t_r <= 0:
-        from neuroscale.errors import MissingMetadataError
-
-        raise MissingMetadataError(
-            "repetition time missing or zero (RepetitionTime in the JSON sidecar, pixdim[4])",
-            bold)
-    if client is not None:
-        client.submit(ingest_nifti, bold, cache_root, info=info, pure=False).result()
-    image = open_image(bold, cache_dir=cache_root, t_r=t_r)
-    require_signal(image)  # constant / all-zero data: refused before motion correction
-    bold_sha = image.meta["sha256"]
-    rel = (str(run.relpath) if fmriprep is None
-           else f"fmriprep:{Path(bold).name}")
-    sources: list[tuple[Path, str | None, str]] = [(bold, rel, bold_sha)]
+    bold = open_bold(run, config, work / "zarr", client)
+    image = bold.image
     catalog, collection = None, config.catalog_collection or ""
     if config.catalog:
-        from neuroscale.catalog.api import open_for_pipeline
+        from neuroscale.catalog.api import open_for_pipeline  # the optional catalog extra
 
         catalog, collection = open_for_pipeline(config.catalog, config.catalog_collection)
-    space = fmriprep.space if fmriprep is not None else None
-    ctx = _RunContext(run, out_dir, sources, catalog, collection,
-                      space=space)
-    outcome = ctx.outcome
+    outcome = RunOutcome(run=run)
+    record = RunRecord(run.entities, out_dir, bold.sources, outcome, catalog, collection,
+                       space=bold.fmriprep.space if bold.fmriprep is not None else None)
     outcome.warnings.extend(anat.warnings)
     outcome.warnings.extend(image.meta.get("warnings", []))  # ingest: NaN voxels, TR mismatch
     if image.meta.get("warnings"):
-        ctx.extra["InputChecks"] = image.meta["input_checks"]
+        record.extra["InputChecks"] = image.meta["input_checks"]
     prefix = Path(run.path).name.split("_bold")[0]
     run_work = work / "runs" / prefix
     run_work.mkdir(parents=True, exist_ok=True)
     base_params: dict[str, Any] = {}
-    if fmriprep is not None:
-        base_params["input"] = f"fMRIPrep {fmriprep.space or 'native'} space"
+    if bold.fmriprep is not None:
+        base_params["input"] = f"fMRIPrep {bold.fmriprep.space or 'native'} space"
 
-    # -- 1b. head-motion correction (raw input) ---------------------------------------------
+    def compute(lazy: dict[str, Any], label: str, step: str) -> dict[str, Any]:
+        return compute_phase(client, lazy, label=label, step=step, run=run,
+                             progress=config.progress)
+
     motion_params: np.ndarray | None = None
     fd: np.ndarray | None = None
-    n_dummy = 0
-    if fmriprep is None and config.motion_correction:
-        from neuroscale.pipelines.preprocessing import motion_correction
-
-        def compute(lazy: dict[str, Any], label: str, step: str) -> dict[str, Any]:
-            return _compute_phase(client, lazy, label=label, step=step, run=run,
-                                  progress=config.progress)
-
-        image, motion_params, n_dummy, hmc_params = motion_correction(
-            image, ctx, run_work, client, config, prefix, compute)
+    if bold.fmriprep is None and config.motion_correction:
+        image, motion_params, _, hmc_params = motion_correction(image, record, run_work, client,
+                                                                prefix, compute)
         base_params["head_motion_correction"] = hmc_params
-        from neuroscale.preproc.motion import framewise_displacement
-
         fd = framewise_displacement(motion_params)
 
-    # -- 2. mask -------------------------------------------------------------------------------
-    mask_sources: list[tuple[Path, str | None, str]] = []
-    mask_file = Path(config.mask) if config.mask is not None else (
-        Path(fmriprep.brain_mask) if fmriprep is not None else None)
-    if mask_file is not None:
-        mask = load_mask(mask_file, image)
-        mask_sources = [(mask_file, None, _sha256(mask_file))]
-        mask_params = {"mask": str(mask_file), "mask_sha256": mask_sources[0][2]}
-    else:
-        mask = compute_brain_mask(image)
-        mask_params = {"mask": "nilearn.masking.compute_epi_mask (defaults)"}
-    base_params.update(mask_params)
-    mask_path = ctx.path(desc="brain", suffix="mask", extension=".nii.gz")
-    mask_hash = ctx.hash(base_params, [s[2] for s in mask_sources])
-    if ctx.up_to_date(mask_path, mask_hash):
-        outcome.skipped.append("mask")
-        outcome.outputs["mask"] = mask_path
-    else:
-        save_nifti(mask.astype(np.uint8), image.affine, mask_path, header=info.header,
-                   dtype=np.uint8)
-        ctx.record("mask", mask_path, base_params, mask_sources)
+    mask, mask_shas = write_mask(record, config, bold, image, base_params)
     mean_volume = np.asarray(image.mean().compute_volume(), dtype=np.float32)
 
-    # -- 2b. boldref -> T1w, tissue masks and atlases in the BOLD's native space --------------
+    # boldref -> T1w, tissue masks and atlases in the BOLD's native space
     registration = None
     tissue: dict[str, np.ndarray] = {}
     reg_shas: list[str] = []
-    if fmriprep is None and anat.result is not None:
-        registration, tissue, reg_shas = register_run(
-            anat, mean_volume, mask, image, ctx, client)
+    if bold.fmriprep is None and anat.result is not None:
+        registration, tissue, reg_shas = register_run(anat, mean_volume, mask, image, record,
+                                                      client)
         base_params["registration"] = {"boldref_to_T1w": reg_shas[0],
                                        "T1w_to_template": anat.sha256}
         outcome.registration = registration
     gm = tissue.get("GM")
-    atlases = resolve_atlases(config, anat, registration, fmriprep, image, mask, outcome, gm)
-    raw = image.to_series(mask)
+    atlases = resolve_atlases(config, anat, registration, bold.fmriprep, image, mask, outcome, gm)
+    for atlas, _, _ in atlases:
+        check_atlas_overlap(atlas, mask)
 
-    # -- confounds -----------------------------------------------------------------------------
-    strategy = config.nuisance_strategy
-    conf_path = (Path(fmriprep.confounds) if fmriprep is not None and fmriprep.confounds
-                 else find_confounds_file(Path(run.path)))
-    # without motion correction neuroscale still builds the global signal (+ expansions)
-    build_confounds = conf_path is None and strategy.lower() != "none"
-    confound_sources: list[tuple[Path, str | None, str]] = []
-    conf_key: list[str] = []
-    if conf_path is not None and strategy.lower() != "none":
-        confound_sources = [(conf_path, None, _sha256(conf_path))]
-        conf_key = [confound_sources[0][2]]
-        if fd is None:
-            fd = _fd_from_confounds(conf_path, image.n_volumes)
-    elif build_confounds:
-        built: dict[str, Any] = {"confounds": "built", "tissue": sorted(tissue),
-                                 "registration": reg_shas}
-        if motion_params is None:
-            built["motion"] = "none (no motion correction)"
-        conf_key = [provenance_key(built)]
+    conf = confound_inputs(record, config, bold, image.n_volumes, motion_params, tissue,
+                           reg_shas)
+    fd = fd if fd is not None else conf.fd
+    cens = censoring(fd, config.fd_threshold, image.n_volumes)
+    state = RunState(
+        config=config, record=record, outcome=outcome, image=image, header=bold.info.header,
+        raw=image.to_series(mask), mask=mask, t_r=bold.t_r, prefix=prefix, run_work=run_work,
+        base_params=base_params,
+        den_params=denoising_params(config, base_params, bold.t_r, cens),
+        alff_params={**base_params, "detrend": config.detrend,
+                     "nuisance_strategy": config.nuisance_strategy,
+                     "band_hz": list(config.alff_band), "t_r_s": bold.t_r},
+        input_sha256=conf.key + mask_shas, conf_path=conf.path,
+        build_confounds=conf.build, tissue=tissue, motion_params=motion_params, fd=fd,
+        fd_threshold=cens.threshold, fd_facts=cens.facts, sample_mask=cens.sample_mask,
+        atlases=atlases,
+        choose_confounds=lambda s, path: _choose_confounds(
+            path, s.strategy, image.n_volumes, outcome,
+            motion=motion_params is not None, tissue=bool(tissue) or bold.fmriprep is not None),
+        qc_facts=qc_facts(anat, bold.fmriprep, atlases, mask, gm))
+    phases, products, steps = bold_run_steps(state)
+    Runner(phases, products, steps, record, compute, label=prefix).run(state)
 
-    # -- censoring (scrubbing) ---------------------------------------------------------------
-    sample_mask = None
-    fd_threshold = config.fd_threshold if config.fd_threshold else None
-    n_kept = image.n_volumes
-    if fd is not None and fd_threshold is not None:
-        from neuroscale.analysis.denoise import censoring_mask
-
-        keep = censoring_mask(fd, threshold_mm=fd_threshold, n_dummy=0)
-        n_kept = int(keep.sum())
-        if n_kept < image.n_volumes:
-            sample_mask = keep
-    fd_facts: dict[str, Any] = {}
-    if fd is not None:
-        fd_facts = {"fd_mean": float(np.mean(fd[1:])) if fd.size > 1 else 0.0,
-                    "fd_max": float(np.max(fd)), "fd_threshold_mm": fd_threshold,
-                    "n_volumes_censored": int(image.n_volumes - n_kept),
-                    "n_volumes_kept": int(n_kept)}
-
-    den_params = {
-        **base_params,
-        "detrend": config.detrend,
-        "standardize": config.standardize,
-        "high_pass_hz": config.high_pass,
-        "low_pass_hz": config.low_pass,
-        "filter": config.filter,
-        "t_r_s": t_r,
-        "nuisance_strategy": strategy,
-        "fd_threshold_mm": fd_threshold,
-        "n_volumes_censored": int(image.n_volumes - n_kept),
-    }
-    alff_params = {**base_params, "detrend": config.detrend, "nuisance_strategy": strategy,
-                   "band_hz": list(config.alff_band), "t_r_s": t_r}
-    mask_shas = [s[2] for s in mask_sources]
-
-    # -- plan outputs ----------------------------------------------------------------------------
-    def plan(name: str, path: Path, params: dict[str, Any], extra: list[str] | None = None
-             ) -> tuple[str, Path, dict[str, Any], str, bool]:
-        # the confounds and mask checksums go into the parameters, so that the hash written
-        # by ctx.record (sources + parameters) is the planned one
-        params = {**params, "input_sha256": (extra or []) + conf_key + mask_shas}
-        digest = ctx.hash(params)
-        fresh = ctx.up_to_date(path, digest)
-        if fresh:
-            outcome.skipped.append(name)
-            outcome.outputs[name] = path
-        return name, path, params, digest, not fresh
-
-    qc_plan = plan("qc", ctx.path(desc="qc", suffix="bold", extension=".json"),
-                   {**base_params, "fd_threshold_mm": fd_threshold})
-    tsnr_plan = plan("tsnr", ctx.path(stat="tsnr", suffix="boldmap", extension=".nii.gz"),
-                     base_params)
-    conf_plan = plan("confounds", ctx.path(desc="confounds", suffix="timeseries",
-                                           extension=".tsv"), base_params)
-    if not build_confounds:
-        conf_plan = (*conf_plan[:4], False)
-    alff_plan = plan("alff", ctx.path(stat="alff", suffix="boldmap", extension=".nii.gz"),
-                     alff_params)
-    falff_plan = plan("falff", ctx.path(stat="falff", suffix="boldmap", extension=".nii.gz"),
-                      alff_params)
-    reho_plan = plan("reho", ctx.path(stat="reho", suffix="boldmap", extension=".nii.gz"),
-                     den_params)
-    dc_params = {**den_params, "threshold_r": config.dc_threshold}
-    dcb_plan = plan("dcb", ctx.path(stat="dcb", suffix="boldmap", extension=".nii.gz"), dc_params)
-    dcw_plan = plan("dcw", ctx.path(stat="dcw", suffix="boldmap", extension=".nii.gz"), dc_params)
-    if not config.centrality:
-        dcb_plan, dcw_plan = (*dcb_plan[:4], False), (*dcw_plan[:4], False)
-
-    # each voxel's scale and offset before z-scoring (2, n_voxels): parcel and seed signals are
-    # means of the unstandardised denoised voxels (nilearn's maskers, XCP-D)
-    keeps_scale = config.standardize != "psc"
-    atlas_plans = []
-    a_space = config.atlas_space
-    for atlas, a_sha, a_extra in atlases:
-        name = atlas.name
-        _check_atlas_overlap(atlas, mask)
-        a_params = {**den_params, "atlas": str(atlas.path), "atlas_sha256": a_sha,
-                    "atlas_space": a_space, "resampling": a_extra,
-                    "parcel_signal": _PARCEL_SIGNAL if keeps_scale else _PARCEL_SIGNAL_PSC,
-                    "pearson_correlation": _PEARSON, "partial_correlation": _PARTIAL,
-                    "input_sha256": conf_key + mask_shas}
-        files = {
-            "timeseries": ctx.path(atlas=name, stat="mean", suffix="timeseries", extension=".tsv"),
-            "pearson": ctx.path(atlas=name, stat="pearsoncorrelation", suffix="relmat",
-                                extension=".tsv"),
-            "partial": ctx.path(atlas=name, stat="partialcorrelation", suffix="relmat",
-                                extension=".tsv"),
-            "coverage": ctx.path(atlas=name, stat="coverage", suffix="bold", extension=".tsv"),
-        }
-        digest = ctx.hash(a_params, [a_sha])
-        fresh = all(ctx.up_to_date(p, digest) for p in files.values())
-        if fresh:
-            outcome.skipped.append(f"atlas-{name}")
-            for key, p in files.items():
-                outcome.outputs[f"atlas-{name}-{key}"] = p
-        atlas_plans.append((name, atlas, a_sha, a_params, files, not fresh))
-
-    seed_plans = []
-    for i, (sx, sy, sz, sr) in enumerate(config.seeds, start=1):
-        s_params = {**den_params, "seed_center_mm": [float(sx), float(sy), float(sz)],
-                    "seed_radius_mm": float(sr),
-                    "seed_signal": _SEED_SIGNAL if keeps_scale else _PARCEL_SIGNAL_PSC}
-        seed_plans.append(plan(f"seed-{i}", ctx.path(seed=str(i), stat="fisherz",
-                                                      suffix="boldmap", extension=".nii.gz"),
-                               s_params))
-
-    carpet_path = run_work / "carpet.npy"
-    need_phase_c = any(p[4] for p in (reho_plan, dcb_plan, dcw_plan, *seed_plans)) or any(
-        a[5] for a in atlas_plans)
-    need_qc = qc_plan[4] or tsnr_plan[4] or not carpet_path.exists()
-    den_store = run_work / "denoised.zarr"
-    den_scale_path = den_store / "voxel_scale.npy"
-    den_hash = ctx.hash(den_params, conf_key + mask_shas)
-    den_marker = den_store / "_provenance_hash"
-    den_fresh = (den_marker.is_file() and den_marker.read_text() == den_hash
-                 and (den_scale_path.is_file() or not keeps_scale))
-    need_den = need_phase_c and not den_fresh
-    need_alff = alff_plan[4] or falff_plan[4]
-    need_confounds_now = strategy.lower() != "none" and (need_den or need_alff)
-
-    # -- 3. phase A (+ B): QC, carpet, confound signals; ALFF and the denoised series -------
-    # When neuroscale builds the confounds, their signals come from one pass over the raw
-    # series (phase A) and the denoising needs them (phase B); otherwise A and B are one graph.
-    lazy: dict[str, Any] = {}
-    if need_qc:
-        lazy["qc"] = qc.qc_arrays(raw, image=image)
-        n_rows = min(config.carpet_rows, raw.n_voxels)
-        rows = np.unique(np.linspace(0, raw.n_voxels - 1, n_rows).astype(int))
-        lazy["carpet"] = raw.data[:, rows]
-    conf_table_path = conf_plan[1]
-    if build_confounds and (conf_plan[4] or (need_confounds_now
-                                             and not conf_table_path.is_file())):
-        from neuroscale.preproc.confounds import confound_signals
-
-        lazy["confsig"] = confound_signals(raw, tissue, t_r=t_r)
-    confounds = None
-
-    def select() -> None:
-        nonlocal confounds
-        # also when only phase C runs again (its sidecars record the regressors the reused
-        # denoised series was cleaned with, as a clean run's do)
-        if conf_path is not None and (need_confounds_now or (
-                strategy.lower() != "none" and Path(conf_path).is_file())):
-            confounds, names, used, why = _choose_confounds(
-                conf_path, strategy, image.n_volumes, outcome, motion=motion_params is not None,
-                tissue=bool(tissue) or fmriprep is not None)
-            ctx.extra.update(ConfoundRegressors=list(names), NuisanceStrategyApplied=used)
-            if why:
-                ctx.extra["NuisanceStrategyFallback"] = why
-                print(f"neuroscale: warning: {run.relpath}: {why}", file=sys.stderr)
-
-    def phase_b(into: dict[str, Any]) -> None:
-        if need_alff:
-            unfiltered = denoise.clean(raw, t_r=t_r, detrend=config.detrend, standardize=False,
-                                       low_pass=None, high_pass=None, confounds=confounds)
-            into["alff"] = alff_mod.alff(unfiltered, low=config.alff_band[0],
-                                         high=config.alff_band[1])
-        if need_den:
-            import shutil
-
-            clean_kw: dict[str, Any] = dict(
-                t_r=t_r, detrend=config.detrend, standardize=config.standardize,
-                low_pass=config.low_pass, high_pass=config.high_pass, filter=config.filter,
-                confounds=confounds, sample_mask=sample_mask)
-            if keeps_scale:
-                denoised, into["denoised_scale"] = denoise.clean_with_scale(raw, **clean_kw)
-            else:
-                denoised = denoise.clean(raw, **clean_kw)
-            shutil.rmtree(den_store, ignore_errors=True)
-            # narrow regular Zarr chunks (the slab chunks are irregular): small writes, see
-            # neuroscale.image.store_series; phase C reads the slabs back
-            into["denoised"] = store_series(denoised.data, den_store, compute=False)
-
-    if build_confounds:
-        conf_path = conf_table_path
-        if "confsig" not in lazy:
-            select()
-            phase_b(lazy)
-        computed = _compute_phase(client, lazy, label=f"{prefix}: QC, confounds",
-                                  step="phase A: QC, confounds", run=run,
-                                  progress=config.progress)
-        if "confsig" in computed:
-            from neuroscale.preproc.confounds import confounds_table, write_confounds_tsv
-
-            if motion_params is not None and fd is not None:
-                table = confounds_table(computed["confsig"], motion_params, fd, t_r=t_r)
-            else:  # no motion correction: the signals' columns only, no motion or FD columns
-                from neuroscale.preproc.confounds import MOTION_COLUMNS
-
-                table = confounds_table(computed["confsig"], np.zeros((image.n_volumes, 6)),
-                                        np.zeros(image.n_volumes), t_r=t_r)
-                table = table.drop(columns=[c for c in table.columns
-                                            if c.startswith(MOTION_COLUMNS)
-                                            or c == "framewise_displacement"])
-            write_confounds_tsv(conf_table_path, table)
-            ctx.record("confounds", conf_table_path, conf_plan[2])
-        if "confsig" in lazy:
-            select()
-            lazy_b: dict[str, Any] = {}
-            phase_b(lazy_b)
-            computed.update(_compute_phase(client, lazy_b, label=f"{prefix}: ALFF, denoising",
-                                           step="phase B: ALFF, denoising", run=run,
-                                           progress=config.progress))
-    else:
-        select()
-        phase_b(lazy)
-        computed = _compute_phase(client, lazy, label=f"{prefix}: QC, ALFF, denoising",
-                                  step="phase A: QC, ALFF, denoising", run=run,
-                                  progress=config.progress)
-    if need_den:
-        if keeps_scale:
-            from neuroscale.io.atomic import atomic_write_bytes
-
-            buf = io.BytesIO()
-            np.save(buf, np.asarray(computed["denoised_scale"], dtype=np.float32))
-            atomic_write_bytes(den_scale_path, buf.getvalue())
-        den_marker.write_text(den_hash)
-
-    if "qc" in computed:
-        qc_values = computed["qc"]
-        summary = qc.qc_summary(qc_values, t_r=t_r)
-        carpet = np.asarray(computed["carpet"], dtype=np.float32)
-        np.save(carpet_path, carpet)
-        scalars = {k: v for k, v in summary.items() if not isinstance(v, list)}
-        traces = {k: v for k, v in summary.items() if isinstance(v, list)}
-        if fd is not None:
-            traces["framewise_displacement"] = [float(v) for v in fd]
-        qc_doc = {**scalars, **fd_facts, "traces": traces, "n_volumes": image.n_volumes,
-                  "n_voxels_in_mask": int(mask.sum()), "t_r_s": t_r,
-                  "input_checks": image.meta.get("input_checks", {})}
-        if anat.result is not None and fmriprep is None:
-            qc_doc["t1w_to_template_dice"] = float(anat.result.dice)
-        for atlas, _, _ in atlases:
-            qc_doc[f"atlas_{atlas.name}_mask_coverage"] = float(
-                _atlas_mask_coverage(atlas, mask))
-            if gm is not None:
-                qc_doc[f"atlas_{atlas.name}_gm_coverage"] = float(
-                    _atlas_mask_coverage(atlas, mask & np.asarray(gm, bool)))
-        if qc_plan[4]:
-            _write_json_output(ctx, "qc", qc_plan[1], qc_doc, qc_plan[2])
-        if tsnr_plan[4]:
-            save_nifti(values_to_volume(np.asarray(qc_values["tsnr"], dtype=np.float32), mask),
-                       image.affine, tsnr_plan[1], header=info.header)
-            ctx.record("tsnr", tsnr_plan[1], tsnr_plan[2])
-    if "alff" in computed:
-        alff_v, falff_v = computed["alff"]
-        for plan_, values in ((alff_plan, alff_v), (falff_plan, falff_v)):
-            if plan_[4]:
-                save_nifti(values_to_volume(np.asarray(values, dtype=np.float32), mask),
-                           image.affine, plan_[1], header=info.header)
-                ctx.record(plan_[0], plan_[1], plan_[2])
-
-    # -- 5. phase C: one graph over the denoised store ---------------------------------------
-    if need_phase_c:
-        import zarr
-
-        n_den = int(zarr.open_array(str(den_store), mode="r").shape[0])
-        # one chunk per x-slab of the raw series (all time points), as the data were computed
-        den_data = read_series_store(den_store, chunks=((n_den,), raw.data.chunks[1]))
-        den = Series(data=den_data, mask=mask, affine=image.affine, t_r=t_r,
-                     header=info.header, source=bold)
-        voxel_scale = np.load(den_scale_path) if keeps_scale else None
-        lazy_c: dict[str, Any] = {}
-        if reho_plan[4]:
-            lazy_c["reho"] = reho.reho(den)
-        if dcb_plan[4] or dcw_plan[4]:
-            lazy_c["dc"] = centrality.degree_centrality(den, threshold=config.dc_threshold)
-        if any(a[5] for a in atlas_plans):
-            from neuroscale.analysis import parcellate
-
-            for name, atlas, _, _, _, needed in atlas_plans:
-                if needed:
-                    with warnings.catch_warnings():  # empty parcels: reported in the report
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        lazy_c[f"atlas-{name}"] = parcellate.parcel_timeseries(
-                            den, atlas, voxel_scale=voxel_scale)
-        for (name, *_rest), (sx, sy, sz, sr) in zip(seed_plans, config.seeds, strict=True):
-            if _rest[3]:
-                lazy_c[name] = seed.seed_correlation(den, center_mm=(sx, sy, sz), radius_mm=sr,
-                                                     voxel_scale=voxel_scale)
-        computed_c = _compute_phase(client, lazy_c,
-                                    label=f"{prefix}: ReHo, centrality, connectivity",
-                                    step="phase C: ReHo, centrality, connectivity", run=run,
-                                    progress=config.progress)
-        if "reho" in computed_c:
-            save_nifti(values_to_volume(np.asarray(computed_c["reho"], np.float32), mask),
-                       image.affine, reho_plan[1], header=info.header)
-            ctx.record("reho", reho_plan[1], reho_plan[2])
-        if "dc" in computed_c:
-            dcb_v, dcw_v = computed_c["dc"]
-            for plan_, values in ((dcb_plan, dcb_v), (dcw_plan, dcw_v)):
-                save_nifti(values_to_volume(np.asarray(values, np.float32), mask),
-                           image.affine, plan_[1], header=info.header)
-                ctx.record(plan_[0], plan_[1], plan_[2])
-        for seed_plan in seed_plans:
-            if seed_plan[0] in computed_c:
-                save_nifti(values_to_volume(np.asarray(computed_c[seed_plan[0]], np.float32),
-                                            mask), image.affine, seed_plan[1], header=info.header)
-                ctx.record(seed_plan[0], seed_plan[1], seed_plan[2])
-        for name, atlas, a_sha, a_params, files, needed in atlas_plans:
-            if needed:
-                _write_atlas_outputs(ctx, name, Path(atlas.path), a_sha, a_params, files, atlas,
-                                     np.asarray(computed_c[f"atlas-{name}"]), mask, outcome)
-
-    # -- 6. report ------------------------------------------------------------------------------
     qc_doc = json.loads(outcome.outputs["qc"].read_text()) if "qc" in outcome.outputs else {}
     outcome.qc = {k: v for k, v in qc_doc.items() if k not in ("traces", "Provenance")}
     outcome.mean = mean_volume
     outcome.mask = mask
     outcome.affine = image.affine
-    outcome.t_r = t_r
-    outcome.carpet_path = carpet_path
+    outcome.t_r = bold.t_r
+    outcome.carpet_path = state.carpet_path
     outcome.fd = fd
     return outcome
-
-
-#: What the parcel time series are (recorded in the atlas outputs' sidecars).
-_PARCEL_SIGNAL = ("mean over the parcel's in-mask voxels of the denoised, unstandardised signal "
-                  "(nilearn NiftiLabelsMasker(strategy='mean', standardize=False) on the denoised "
-                  "image, as XCP-D's NiftiParcellate)")
-_PARCEL_SIGNAL_PSC = "mean of the voxels' percent signal change (standardize='psc')"
-_SEED_SIGNAL = ("mean over the sphere's in-mask voxels of the denoised, unstandardised signal "
-                "(nilearn NiftiSpheresMasker on the denoised image)")
-_PEARSON = "Pearson correlation of the parcel time series (numpy.corrcoef; XCP-D)"
-_PARTIAL = {"input": "parcel time series z-scored (zero mean, unit sample SD) first",
-            "estimator": "sklearn.covariance.LedoitWolf (nilearn ConnectivityMeasure "
-                         "kind='partial correlation')",
-            "zscored_before_estimation": True}
-
-
-def provenance_key(params: dict[str, Any]) -> str:
-    """A sha256-like key of parameters (stands for an input that is built, not read)."""
-    from neuroscale.provenance import provenance_hash
-
-    return str(provenance_hash([], params))
-
-
-def _compute_phase(client: Any, lazy: dict[str, Any], *, label: str, step: str, run: Any,
-                   progress: bool) -> dict[str, Any]:
-    """:func:`_compute_named`, with cluster failures named by run and step."""
-    try:
-        return _compute_named(client, lazy, label=label, progress=progress)
-    except NeuroscaleError:
-        raise
-    except Exception as exc:
-        from neuroscale.compute.cluster import compute_error
-
-        raise compute_error(exc, step=step, run=run) from exc
-
-
-def _compute_named(client: Any, lazy: dict[str, Any], *, label: str, progress: bool
-                   ) -> dict[str, Any]:
-    """Compute a dict of (possibly nested: tuple/dict) dask collections in ONE graph."""
-    from neuroscale.compute.cluster import compute_with_progress
-
-    flat: list[tuple[tuple[str, Any], Any]] = []
-    for key, value in lazy.items():
-        if isinstance(value, dict):
-            flat.extend(((key, sub), v) for sub, v in value.items())
-        elif isinstance(value, tuple | list):
-            flat.extend(((key, i), v) for i, v in enumerate(value))
-        else:
-            flat.append(((key, None), value))
-    if not flat:
-        return {}
-    results = compute_with_progress(client, [v for _, v in flat], label=label, progress=progress)
-    out: dict[str, Any] = {}
-    for ((key, sub), _), result in zip(flat, results, strict=True):
-        if sub is None:
-            out[key] = result
-        elif isinstance(lazy[key], dict):
-            out.setdefault(key, {})[sub] = result
-        else:
-            out.setdefault(key, []).append(result)
-    return out
-
-
-def _write_json_output(ctx: _RunContext, name: str, path: Path, doc: dict[str, Any],
-                       params: dict[str, Any]) -> None:
-    from neuroscale.io.atomic import atomic_write_text
-
-    atomic_write_text(path, json.dumps(doc, indent=2, default=_json_default))
-    ctx.record(name, path, params)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _check_atlas_overlap(atlas: Any, mask: np.ndarray) -> None:
-    """Refuse an atlas with fewer than 2 parcels inside the brain mask (before any compute)."""
-    from neuroscale.analysis import parcellate
-
-    counts = parcellate.parcel_voxel_counts(mask, atlas)
-    n_in = int((counts > 0).sum())
-    if n_in < 2:
-        on_grid = int((parcellate.parcel_voxel_counts(np.ones_like(mask, dtype=bool), atlas)
-                       > 0).sum())
-        raise AnalysisError(
-            f"atlas {atlas.name}: only {n_in} of {atlas.n_parcels} parcels have a voxel inside "
-            f"the BOLD's brain mask ({on_grid} land on the BOLD grid at all): a connectivity "
-            "matrix needs at least 2; is the atlas in the BOLD's space (see --atlas-space) and "
-            "does it cover the brain?", atlas.path)
-
-
-def _write_atlas_outputs(ctx: _RunContext, name: str, atlas_path: Path, a_sha: str,
-                         params: dict[str, Any], files: dict[str, Path], atlas: Any,
-                         timeseries: np.ndarray, mask: np.ndarray, outcome: RunOutcome) -> None:
-    from neuroscale.analysis import connectivity, parcellate
-    from neuroscale.io.atomic import atomic_write_text
-
-    extra: list[tuple[Path, str | None, str]] = [(atlas_path, None, a_sha)]
-    names = list(atlas.names)
-    try:
-        mats = connectivity.correlation_matrices(timeseries)
-    except AnalysisError as exc:
-        raise AnalysisError(f"atlas {name}: {exc}", atlas_path) from exc
-    connectivity.write_timeseries_tsv(files["timeseries"], timeseries, names)
-    connectivity.write_relmat_tsv(files["pearson"], mats["pearson"], names)
-    connectivity.write_relmat_tsv(files["partial"], mats["partial"], names)
-    coverage = parcellate.parcel_coverage(mask, atlas)
-    lines = ["label\tname\tcoverage"] + [
-        f"{int(v)}\t{n}\t{c:.6g}" for v, n, c in zip(atlas.values, names, coverage, strict=True)]
-    atomic_write_text(files["coverage"], "\n".join(lines) + "\n")
-    empty = [n for n, c in zip(names, coverage, strict=True) if not c > 0]
-    if empty:
-        outcome.warnings.append(
-            f"atlas {name}: {len(empty)} of {len(names)} parcels have no voxel in the brain mask")
-    for key, path in files.items():
-        ctx.record(f"atlas-{name}-{key}", path, params, extra)
 
 
 def run_participant(
@@ -903,9 +356,6 @@ def run_participant(
     BIDSError, NoBoldRunError
         Not a BIDS dataset, or no BOLD run selected.
     """
-    from neuroscale.bids.derivatives import write_dataset_description
-    from neuroscale.bids.layout import find_bold_runs
-
     runs = find_bold_runs(bids_dir, participant_labels=participant_labels, filters=filters)
     out_dir = Path(out_dir)
     validate_config(config)
@@ -916,7 +366,7 @@ def run_participant(
         for run in runs:
             find_fmriprep_bold(Path(config.derivatives["fmriprep"]), run)
     if config.catalog:  # results must be registrable before any work
-        from neuroscale.catalog.api import open_for_pipeline
+        from neuroscale.catalog.api import open_for_pipeline  # the optional catalog extra
 
         open_for_pipeline(config.catalog, config.catalog_collection)[0].close()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -993,8 +443,6 @@ def validate_config(config: ParticipantConfig) -> None:
         space, so the atlas would be placed at the wrong position); a missing mask; an
         invalid strategy file.
     """
-    from neuroscale.errors import InputNotFoundError
-
     if config.atlas_space not in ATLAS_SPACES:
         raise ConfigurationError(f"--atlas-space must be one of {', '.join(ATLAS_SPACES)}, got "
                                  f"{config.atlas_space!r}")
@@ -1011,8 +459,6 @@ def validate_config(config: ParticipantConfig) -> None:
     if config.mask is not None and not Path(config.mask).is_file():
         raise ConfigurationError("mask not found", config.mask)
     if config.nuisance_strategy.lower().endswith((".yml", ".yaml", ".json")):
-        from neuroscale.analysis.confounds import load_strategy_file
-
         load_strategy_file(config.nuisance_strategy)  # a bad file fails before any work
 
 
@@ -1034,11 +480,9 @@ def _choose_confounds(path: Path, strategy: str, n_volumes: int, outcome: RunOut
     why : str
         Empty when ``used == strategy``; else the warning (also in ``outcome.warnings``).
     """
-    from neuroscale.analysis.confounds import load_confounds
-
     n_warn = len(outcome.warnings)
     if motion:
-        confounds, names, used = _select_confounds(path, strategy, n_volumes, outcome)
+        confounds, names, used = select_confounds(path, strategy, n_volumes, outcome)
         why = outcome.warnings[-1] if used != strategy and len(outcome.warnings) > n_warn else ""
         if used != strategy and not tissue:
             why = (f"nuisance strategy {strategy} needs tissue confounds (WM/CSF/aCompCor), "
@@ -1114,15 +558,11 @@ def _unexpected_error(exc: Exception, run: Any) -> NeuroscaleError:
     :class:`~neuroscale.errors.NeuroscaleError` naming the exception (the traceback is logged
     at debug level, ``-vv``).
     """
-    from neuroscale.compute.cluster import compute_error, describe_failure, is_cluster_failure
-
     if is_cluster_failure(exc):
         return compute_error(exc, step="processing", run=run)
     log.debug("unexpected error on %s", getattr(run, "relpath", run), exc_info=exc)
     subject = (getattr(run, "entities", None) or {}).get("sub")
     where = f"sub-{subject}: " if subject else ""
-    from neuroscale.compute.logs import current_log_file
-
     log_file = current_log_file()
     details = f"traceback in {log_file}" if log_file else "run with -vv for the traceback"
     return NeuroscaleError(f"{where}unexpected error ({describe_failure(exc)}); {details}",
@@ -1130,7 +570,4 @@ def _unexpected_error(exc: Exception, run: Any) -> NeuroscaleError:
 
 
 def _write_reports(out_dir: Path, outcomes: list[RunOutcome], config: ParticipantConfig) -> None:
-    from neuroscale.pipelines.reporting import write_participant_reports
-
-    write_participant_reports(out_dir, outcomes, config_dict=dataclasses.asdict(config),
-                              work_dir=config.work_dir)
+    write_participant_reports(out_dir, outcomes, config_dict=dataclasses.asdict(config))

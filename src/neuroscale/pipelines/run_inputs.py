@@ -1,11 +1,15 @@
-"""Glue between the participant pipeline and :mod:`neuroscale.preproc`.
+"""A BOLD run's inputs to its declared steps, prepared by the participant pipeline.
 
 Per participant, once: the T1w's brain extraction, segmentation and SyN registration to the
 template (:func:`prepare_anatomy`, run as a task on the cluster so that several participants'
-registrations run at once).  Per run: head-motion correction (:func:`motion_correction`), the
-boldref -> T1w registration with the tissue masks on the BOLD grid (:func:`register_run`), and
-the atlases brought into the BOLD's native space (:func:`resolve_atlases`).  The run's 4D data
-are never resampled to another space: only labels and masks travel (nearest neighbour).
+registrations run at once).  Per run: the working copy (:func:`open_bold`), head-motion
+correction (:func:`motion_correction`), the brain mask (:func:`write_mask`), the boldref ->
+T1w registration with the tissue masks on the BOLD grid (:func:`register_run`), the atlases
+brought into the BOLD's native space (:func:`resolve_atlases`), the confounds table
+(:func:`confound_inputs`) and the censoring of high-motion volumes (:func:`censoring`).  The
+run's 4D data are never resampled to another space: only labels and masks travel (nearest
+neighbour).  The head-motion parameters and the mask are outputs too: they are planned and
+recorded through :class:`~neuroscale.pipelines.steps.RunRecord` like every declared step.
 """
 
 from __future__ import annotations
@@ -14,21 +18,51 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import numpy as np
 
-from neuroscale.errors import AnalysisError, NeuroscaleError
+from neuroscale.analysis import parcellate
+from neuroscale.analysis.confounds import find_confounds_file, load_confounds, read_confounds_tsv
+from neuroscale.analysis.denoise import censoring_mask
+from neuroscale.analysis.mask import compute_brain_mask, load_mask, require_signal
+from neuroscale.bids.layout import find_t1w
+from neuroscale.compute.determinism import pinned_call
+from neuroscale.errors import AnalysisError, MissingMetadataError, NeuroscaleError
+from neuroscale.image import open_image
+from neuroscale.io.nifti import NiftiInfo, read_nifti_info, save_nifti
+from neuroscale.io.zarr_cache import ingest_nifti
+from neuroscale.kernels.qc import nonsteady_count
+from neuroscale.pipelines.steps import Derivative, RunRecord, Source
+from neuroscale.provenance import provenance_hash, sha256_file
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "MASK",
+    "MOTION",
     "AnatomicalContext",
+    "BoldInput",
+    "Censoring",
+    "ConfoundInputs",
+    "censoring",
+    "check_atlas_overlap",
+    "confound_inputs",
     "default_template",
+    "denoising_params",
     "motion_correction",
+    "open_bold",
     "prepare_anatomy",
+    "qc_facts",
     "register_run",
     "resolve_atlases",
+    "write_mask",
 ]
+
+#: The head-motion parameters (fMRIPrep's convention: trans mm, rot rad), one row per volume.
+MOTION = Derivative("motion", {"desc": "motion", "suffix": "timeseries", "extension": ".tsv"})
+#: The brain mask on the BOLD grid.
+MASK = Derivative("mask", {"desc": "brain", "suffix": "mask", "extension": ".nii.gz"})
 
 #: Leading volumes read to detect non-steady-state volumes before motion correction.
 _NONSTEADY_WINDOW = 100
@@ -99,8 +133,6 @@ def prepare_anatomy(bids_dir: Path, subject: str, session: str | None, out_dir: 
     ImageFormatError
         The T1w or the template is not a 3D image.
     """
-    from neuroscale.bids.layout import find_t1w
-
     if "fmriprep" in config.derivatives or not config.registration:
         return AnatomicalContext()
     t1w = find_t1w(bids_dir, subject, session)
@@ -109,7 +141,7 @@ def prepare_anatomy(bids_dir: Path, subject: str, session: str | None, out_dir: 
             f"sub-{subject} has no T1w image: EPI-only processing (no registration to "
             "MNI152NLin2009cAsym; MNI-space atlases are not used; tissue confounds "
             "(WM, CSF, aCompCor) are not available)"])
-    from neuroscale.preproc.anat import process_anat, transform_sha256
+    from neuroscale.preproc.anat import process_anat, transform_sha256  # ANTs: heavy
 
     template = Path(config.template) if config.template else default_template()
     work = Path(config.work_dir or out_dir / "work").resolve() / "anat" / f"sub-{subject}"
@@ -132,18 +164,12 @@ def _submit_pinned(client: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
     cluster_client`), so the result is the same on any worker, as the task's re-run after a
     worker died.  The task's key starts with ``func``'s name (seen on the dashboard).
     """
-    from uuid import uuid4
-
-    from neuroscale.compute.determinism import pinned_call
-
     key = f"{getattr(func, '__name__', 'ants')}-{uuid4().hex}"
     return client.submit(pinned_call, func, *args, key=key, pure=False, **kwargs).result()
 
 
 def _nonsteady_volumes(image: Any, client: Any) -> int:
     """Leading non-steady-state volumes from the global signal of the first volumes."""
-    from neuroscale.kernels.qc import nonsteady_count
-
     n = min(image.n_volumes, _NONSTEADY_WINDOW)
     gs = image.data[..., :n].mean(axis=(0, 1, 2), dtype=np.float64)
     values = client.compute(gs).result() if client is not None else gs.compute()
@@ -151,7 +177,7 @@ def _nonsteady_volumes(image: Any, client: Any) -> int:
     return min(count, max(0, image.n_volumes - 2))
 
 
-def motion_correction(image: Any, ctx: Any, run_work: Path, client: Any, config: Any,
+def motion_correction(image: Any, record: RunRecord, run_work: Path, client: Any,
                       prefix: str, compute: Any) -> tuple[Any, np.ndarray, int, dict[str, Any]]:
     """Realign every volume to a robust reference (ANTsPy, one task per volume chunk).
 
@@ -163,14 +189,12 @@ def motion_correction(image: Any, ctx: Any, run_work: Path, client: Any, config:
     ----------
     image : neuroscale.image.Image
         The run's working copy (x, y, z, t).
-    ctx : participant._RunContext
+    record : RunRecord
         Output naming and provenance.
     run_work : Path
         The run's work directory.
     client : distributed.Client or None
         Where the registrations run.
-    config : ParticipantConfig
-        ``progress`` is read.
     prefix : str
         Run name for progress labels.
     compute : callable
@@ -187,9 +211,8 @@ def motion_correction(image: Any, ctx: Any, run_work: Path, client: Any, config:
     hmc_params : dict
         What enters the provenance of everything downstream.
     """
-    from neuroscale.preproc import motion
+    from neuroscale.preproc import motion  # ANTs: heavy
 
-    tsv = ctx.path(desc="motion", suffix="timeseries", extension=".tsv")
     store = run_work / "realigned.zarr"
     n_dummy = _nonsteady_volumes(image, client)
     hmc_params = {"method": "neuroscale.preproc.motion.realign (ANTsPy rigid, linear "
@@ -197,18 +220,18 @@ def motion_correction(image: Any, ctx: Any, run_work: Path, client: Any, config:
                   "reference": f"median of volumes {n_dummy}.."
                                f"{min(image.n_volumes, n_dummy + 10) - 1}",
                   "n_nonsteady": n_dummy, "store_version": motion.STORE_VERSION}
-    digest = ctx.hash(hmc_params)
+    plan = record.plan("motion", {"motion": record.path(**MOTION.entities)}, hmc_params)
     # the realigned store keeps the parameters and the mean: reuse it while the TSV is fresh
-    stored = motion.read_realigned(store) if ctx.up_to_date(tsv, digest) else None
+    stored = motion.read_realigned(store) if plan.fresh else None
     if stored is not None:
         try:
             realigned = motion.open_realigned(store, like=image, mean=stored[1])
-            ctx.outcome.warnings.extend(stored[2].get("head_motion_warnings", []))
-            ctx.outcome.skipped.append("motion")
-            ctx.outcome.outputs["motion"] = tsv
+            record.outcome.warnings.extend(stored[2].get("head_motion_warnings", []))
             return realigned, stored[0], n_dummy, hmc_params
         except NeuroscaleError as exc:
             log.info("recomputing motion correction of %s: %s", prefix, exc)
+    if plan.fresh:  # listed as skipped by the plan, but recomputed
+        record.outcome.skipped.remove("motion")
     reference = motion.select_reference(image, n_dummy=n_dummy)
     graph = motion.realign(image, store, reference)
     out = compute({"params": graph.params, "mean": graph.mean, "qc": graph.qc},
@@ -217,18 +240,14 @@ def motion_correction(image: Any, ctx: Any, run_work: Path, client: Any, config:
     mean = np.asarray(out["mean"], dtype=np.float32)
     # implausible estimates re-estimated or replaced by the identity: sidecar and warnings
     qc_summary, qc_warnings = motion.qc_report(out["qc"], graph.settings, image.source)
-    ctx.outcome.warnings.extend(qc_warnings)
-    motion.write_motion_tsv(tsv, params, motion.framewise_displacement(params))
-    extra, ctx.extra = ctx.extra, {**ctx.extra, "HeadMotionQC": qc_summary}
-    try:
-        ctx.record("motion", tsv, hmc_params)
-    finally:
-        ctx.extra = extra
+    record.outcome.warnings.extend(qc_warnings)
+    motion.write_motion_tsv(plan.path, params, motion.framewise_displacement(params))
+    record.record(plan, extra={"HeadMotionQC": qc_summary})
     return motion.open_realigned(store, like=image, mean=mean), params, n_dummy, hmc_params
 
 
 def register_run(anat: AnatomicalContext, mean_volume: np.ndarray, mask: np.ndarray,
-                 image: Any, ctx: Any, client: Any
+                 image: Any, record: RunRecord, client: Any
                  ) -> tuple[Any, dict[str, np.ndarray], list[str]]:
     """boldref -> T1w (rigid), and the tissue masks on the BOLD grid.
 
@@ -242,7 +261,7 @@ def register_run(anat: AnatomicalContext, mean_volume: np.ndarray, mask: np.ndar
         EPI brain mask.
     image : Image
         The run (affine, shape).
-    ctx : participant._RunContext
+    record : RunRecord
         Output naming.
     client : distributed.Client or None
         Where the registration runs.
@@ -255,17 +274,15 @@ def register_run(anat: AnatomicalContext, mean_volume: np.ndarray, mask: np.ndar
     shas : list of str
         Checksum of the boldref -> T1w transform.
     """
-    from neuroscale.preproc import registration as reg_mod
-    from neuroscale.provenance import sha256_file
-
-    xfm = ctx.path(**{"from": "boldref", "to": "T1w"}, mode="image", suffix="xfm",
-                   extension=".txt")
+    from neuroscale.preproc import registration as reg_mod  # ANTs: heavy
+    xfm = record.path(**{"from": "boldref", "to": "T1w"}, mode="image", suffix="xfm",
+                      extension=".txt")
     args = (mean_volume, np.asarray(image.affine), anat.result, xfm)
     if client is not None:
         reg = _submit_pinned(client, reg_mod.register_boldref, *args, bold_mask=mask)
     else:
         reg = reg_mod.register_boldref(*args, bold_mask=mask)
-    ctx.outcome.outputs["boldref_to_T1w"] = reg.boldref_to_t1w
+    record.outcome.outputs["boldref_to_T1w"] = reg.boldref_to_t1w
     tissue = reg_mod.tissue_masks_to_bold(anat.result, reg, np.asarray(image.affine),
                                           tuple(image.shape[:3]))
     return reg, tissue, [str(sha256_file(reg.boldref_to_t1w))]
@@ -298,15 +315,13 @@ def resolve_atlases(config: Any, anat: AnatomicalContext, registration: Any, fmr
         From the atlas loaders (missing file, not 3D).
     """
     from neuroscale.analysis import parcellate
-    from neuroscale.provenance import sha256_file
-
     out: list[tuple[Any, str, str]] = []
     for atlas_path in config.atlases:
         atlas_path = Path(atlas_path)
         sha = str(sha256_file(atlas_path))
         in_bold_space = getattr(config, "atlas_space", None) == "bold"
         if registration is not None and anat.result is not None and not in_bold_space:
-            from neuroscale.preproc import registration as reg_mod
+            from neuroscale.preproc import registration as reg_mod  # ANTs: heavy
 
             atlas = reg_mod.atlas_to_bold(atlas_path, np.asarray(image.affine),
                                           tuple(image.shape[:3]), anat.result, registration)
@@ -343,8 +358,6 @@ def _atlas_mask_coverage(atlas: Any, mask: np.ndarray) -> float:
 
 def fd_from_confounds(path: Path, n_volumes: int) -> np.ndarray | None:
     """fMRIPrep's ``framewise_displacement`` column (first row n/a -> 0), if present."""
-    from neuroscale.analysis.confounds import read_confounds_tsv
-
     table = read_confounds_tsv(path)
     if "framewise_displacement" not in table.columns:
         return None
@@ -365,8 +378,6 @@ def select_confounds(path: Path, strategy: str, n_volumes: int, outcome: Any
     AnalysisError
         Wrong number of rows, or even the fallback's columns are missing.
     """
-    from neuroscale.analysis.confounds import load_confounds
-
     try:
         confounds, names = load_confounds(path, strategy=strategy)
         used = strategy
@@ -386,3 +397,272 @@ def select_confounds(path: Path, strategy: str, n_volumes: int, outcome: Any
         raise AnalysisError(f"confounds have {confounds.shape[0]} rows but the BOLD has "
                             f"{n_volumes} volumes", path)
     return confounds, names, used
+
+
+@dataclass
+class BoldInput:
+    """A run's BOLD as the steps read it.
+
+    Attributes
+    ----------
+    bold : Path
+        The file analysed (the raw run, or fMRIPrep's preprocessed BOLD).
+    fmriprep : neuroscale.bids.fmriprep.FmriprepBold or None
+        fMRIPrep's derivatives of the run, when they are the input.
+    info : NiftiInfo
+        Its header facts.
+    t_r : float
+        Repetition time (s): the sidecar's, else the header's.
+    image : Image
+        Its Zarr working copy (x, y, z, t).
+    sources : list of Source
+        ``[(bold, BIDS path or "fmriprep:<name>", sha256)]``: every output's first source.
+    """
+
+    bold: Path
+    fmriprep: Any
+    info: NiftiInfo
+    t_r: float
+    image: Any
+    sources: list[Source] = field(default_factory=list)
+
+
+def open_bold(run: Any, config: Any, cache_root: Path, client: Any) -> BoldInput:
+    """Validate the run's BOLD and stream it once into its Zarr working copy (on a worker).
+
+    Parameters
+    ----------
+    run : neuroscale.bids.layout.BoldRun
+        The run.
+    config : ParticipantConfig
+        ``derivatives`` is read (fMRIPrep's BOLD instead of the raw run).
+    cache_root : Path
+        Where working copies live (``WORK_DIR/zarr``).
+    client : distributed.Client or None
+        The ingest runs as a task there (None: in this process).
+
+    Returns
+    -------
+    BoldInput
+
+    Raises
+    ------
+    AnalysisError
+        Not 4D, or fewer than 2 volumes.
+    MissingMetadataError
+        No usable repetition time.
+    ImageFormatError, AnalysisError
+        From the ingest (bad header, constant or all-zero data).
+    """
+    fmriprep = None
+    if "fmriprep" in config.derivatives:
+        from neuroscale.bids.fmriprep import find_fmriprep_bold
+
+        fmriprep = find_fmriprep_bold(Path(config.derivatives["fmriprep"]), run)
+    bold = Path(fmriprep.preproc_bold if fmriprep is not None else run.path)
+    info = read_nifti_info(bold)
+    if info.ndim != 4 or info.shape[3] < 2:
+        raise AnalysisError(f"a BOLD run must be 4D with >= 2 volumes, got shape {info.shape}",
+                            bold)
+    t_r = run.t_r if run.t_r is not None else info.t_r_header
+    if t_r is None or not np.isfinite(t_r) or t_r <= 0:
+        raise MissingMetadataError(
+            "repetition time missing or zero (RepetitionTime in the JSON sidecar, pixdim[4])",
+            bold)
+    if client is not None:
+        client.submit(ingest_nifti, bold, cache_root, info=info, pure=False).result()
+    image = open_image(bold, cache_dir=cache_root, t_r=t_r)
+    require_signal(image)  # constant / all-zero data: refused before motion correction
+    rel = str(run.relpath) if fmriprep is None else f"fmriprep:{Path(bold).name}"
+    return BoldInput(bold, fmriprep, info, float(t_r), image,
+                     [(bold, rel, image.meta["sha256"])])
+
+
+def write_mask(record: RunRecord, config: Any, bold: BoldInput, image: Any,
+               base_params: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """The brain mask (given, fMRIPrep's, or nilearn's EPI mask), written as :data:`MASK`.
+
+    ``base_params`` gains the mask's description (every later output carries it).
+
+    Returns
+    -------
+    mask : ndarray, shape (x, y, z), bool
+    shas : list of str
+        The mask file's sha256 when it was given (entered in every output's parameters).
+
+    Raises
+    ------
+    ImageFormatError, AnalysisError
+        A given mask on another grid, or empty.
+    """
+    mask_sources: list[Source] = []
+    mask_file = Path(config.mask) if config.mask is not None else (
+        Path(bold.fmriprep.brain_mask) if bold.fmriprep is not None else None)
+    if mask_file is not None:
+        mask = load_mask(mask_file, image)
+        mask_sources = [(mask_file, None, str(sha256_file(mask_file)))]
+        base_params.update({"mask": str(mask_file), "mask_sha256": mask_sources[0][2]})
+    else:
+        mask = compute_brain_mask(image)
+        base_params.update({"mask": "nilearn.masking.compute_epi_mask (defaults)"})
+    plan = record.plan("mask", {"mask": record.path(**MASK.entities)}, base_params,
+                       mask_sources)
+    if not plan.fresh:
+        save_nifti(mask.astype(np.uint8), image.affine, plan.path, header=bold.info.header,
+                   dtype=np.uint8)
+        record.record(plan)
+    return mask, [s[2] for s in mask_sources]
+
+
+@dataclass
+class ConfoundInputs:
+    """Where a run's confounds come from.
+
+    Attributes
+    ----------
+    path : Path or None
+        The confounds table: fMRIPrep's, the raw run's BIDS ``*_desc-confounds_timeseries.tsv``,
+        or the one neuroscale builds (``build``).
+    build : bool
+        neuroscale builds the table (phase A) from the motion parameters and tissue signals.
+    key : list of str
+        Its checksum (read) or its parameters' key (built), part of every output's hash.
+    fd : ndarray (n_volumes,) or None
+        fMRIPrep's framewise displacement column, when read from there.
+    """
+
+    path: Path | None
+    build: bool
+    key: list[str]
+    fd: np.ndarray | None = None
+
+
+def confound_inputs(record: RunRecord, config: Any, bold: BoldInput, n_volumes: int,
+                    motion_params: np.ndarray | None, tissue: dict[str, np.ndarray],
+                    reg_shas: list[str]) -> ConfoundInputs:
+    """Find the run's confounds table, or plan to build one (without motion correction
+    neuroscale still builds the global signal and its expansions).
+
+    Raises
+    ------
+    AnalysisError
+        A read table's framewise displacement has the wrong number of rows.
+    """
+    strategy = config.nuisance_strategy
+    fmriprep = bold.fmriprep
+    found = (Path(fmriprep.confounds) if fmriprep is not None and fmriprep.confounds
+             else find_confounds_file(Path(record.outcome.run.path)))
+    build = found is None and strategy.lower() != "none"
+    if found is not None and strategy.lower() != "none":
+        return ConfoundInputs(found, False, [str(sha256_file(found))],
+                              fd_from_confounds(found, n_volumes))
+    if build:
+        built: dict[str, Any] = {"confounds": "built", "tissue": sorted(tissue),
+                                 "registration": reg_shas}
+        if motion_params is None:
+            built["motion"] = "none (no motion correction)"
+        path = record.path(desc="confounds", suffix="timeseries", extension=".tsv")
+        return ConfoundInputs(path, True, [provenance_key(built)])
+    return ConfoundInputs(found, False, [])
+
+
+def provenance_key(params: dict[str, Any]) -> str:
+    """A sha256-like key of parameters (stands for an input that is built, not read)."""
+    return str(provenance_hash([], params))
+
+
+@dataclass
+class Censoring:
+    """Volumes censored for high motion (XCP-D: interpolate, filter, regress, censor).
+
+    Attributes
+    ----------
+    threshold : float or None
+        FD threshold (mm); None: no censoring.
+    sample_mask : ndarray (n_volumes,) bool or None
+        Volumes kept; None when all are.
+    n_kept, n_censored : int
+        Volumes kept and censored.
+    facts : dict
+        FD summary for the QC document (empty without FD).
+    """
+
+    threshold: float | None
+    sample_mask: np.ndarray | None
+    n_kept: int
+    n_censored: int
+    facts: dict[str, Any]
+
+
+def censoring(fd: np.ndarray | None, fd_threshold: float | None, n_volumes: int) -> Censoring:
+    """Which volumes a run keeps, from its framewise displacement (mm).
+
+    Returns
+    -------
+    Censoring
+    """
+    threshold = fd_threshold if fd_threshold else None
+    sample_mask, n_kept = None, n_volumes
+    if fd is not None and threshold is not None:
+        keep = censoring_mask(fd, threshold_mm=threshold, n_dummy=0)
+        n_kept = int(keep.sum())
+        if n_kept < n_volumes:
+            sample_mask = keep
+    facts: dict[str, Any] = {}
+    if fd is not None:
+        facts = {"fd_mean": float(np.mean(fd[1:])) if fd.size > 1 else 0.0,
+                 "fd_max": float(np.max(fd)), "fd_threshold_mm": threshold,
+                 "n_volumes_censored": int(n_volumes - n_kept),
+                 "n_volumes_kept": int(n_kept)}
+    return Censoring(threshold, sample_mask, n_kept, int(n_volumes - n_kept), facts)
+
+
+def denoising_params(config: Any, base_params: dict[str, Any], t_r: float,
+                     cens: Censoring) -> dict[str, Any]:
+    """The denoised series' parameters (and of everything computed from it)."""
+    return {
+        **base_params,
+        "detrend": config.detrend,
+        "standardize": config.standardize,
+        "high_pass_hz": config.high_pass,
+        "low_pass_hz": config.low_pass,
+        "filter": config.filter,
+        "t_r_s": t_r,
+        "nuisance_strategy": config.nuisance_strategy,
+        "fd_threshold_mm": cens.threshold,
+        "n_volumes_censored": cens.n_censored,
+    }
+
+
+def qc_facts(anat: AnatomicalContext, fmriprep: Any, atlases: list[tuple[Any, str, str]],
+             mask: np.ndarray, gm: np.ndarray | None) -> dict[str, Any]:
+    """Registration and atlas-coverage entries of the QC document."""
+    facts: dict[str, Any] = {}
+    if anat.result is not None and fmriprep is None:
+        facts["t1w_to_template_dice"] = float(anat.result.dice)
+    for atlas, _, _ in atlases:
+        facts[f"atlas_{atlas.name}_mask_coverage"] = float(_atlas_mask_coverage(atlas, mask))
+        if gm is not None:
+            facts[f"atlas_{atlas.name}_gm_coverage"] = float(
+                _atlas_mask_coverage(atlas, mask & np.asarray(gm, bool)))
+    return facts
+
+
+def check_atlas_overlap(atlas: Any, mask: np.ndarray) -> None:
+    """Refuse an atlas with fewer than 2 parcels inside the brain mask (before any compute).
+
+    Raises
+    ------
+    AnalysisError
+        Naming the atlas file.
+    """
+    counts = parcellate.parcel_voxel_counts(mask, atlas)
+    n_in = int((counts > 0).sum())
+    if n_in < 2:
+        on_grid = int((parcellate.parcel_voxel_counts(np.ones_like(mask, dtype=bool), atlas)
+                       > 0).sum())
+        raise AnalysisError(
+            f"atlas {atlas.name}: only {n_in} of {atlas.n_parcels} parcels have a voxel inside "
+            f"the BOLD's brain mask ({on_grid} land on the BOLD grid at all): a connectivity "
+            "matrix needs at least 2; is the atlas in the BOLD's space (see --atlas-space) and "
+            "does it cover the brain?", atlas.path)
