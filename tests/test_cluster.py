@@ -22,6 +22,7 @@ from neuroscale.compute.cluster import (
     build_jobqueue_cluster,
     cluster_client,
     compute_error,
+    compute_with_progress,
     describe_failure,
     is_cluster_failure,
 )
@@ -262,6 +263,29 @@ def _fake_killed_worker() -> BaseException:
     from distributed import KilledWorker
 
     return KilledWorker("('clean-alff-abc', 0, 1)", types.SimpleNamespace(address="tcp://w"), 3)
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_mixed_collections_come_back_in_the_order_given(distributed: bool) -> None:
+    """dask 2026.8 hands back a delayed's result after every array's when the two are mixed
+    (``dask.compute(array, delayed, array)``); the participant pipeline computes its
+    denoised store's write (delayed) beside its voxel scales (array) and got them swapped."""
+    import dask
+    import dask.array as da
+
+    first = da.arange(6, chunks=4)
+    written = dask.delayed(sum, pure=True)([1, 2])
+    scale = da.ones((2, 5), chunks=(2, 2))
+    lazy = [first, written, scale, written, first.sum()]
+    if distributed:
+        with cluster_client(n_workers=1, threads_per_worker=1, quiet=True) as client:
+            out = compute_with_progress(client, lazy, progress=False)
+    else:
+        out = compute_with_progress(None, lazy, progress=False)
+    np.testing.assert_array_equal(out[0], np.arange(6))
+    assert out[1] == 3 and out[3] == 3
+    np.testing.assert_array_equal(out[2], np.ones((2, 5)))
+    assert out[4] == 15
 
 
 def test_failure_descriptions_are_one_line() -> None:

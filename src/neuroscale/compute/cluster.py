@@ -517,17 +517,31 @@ def compute_with_progress(
     -------
     list
         The results, in order.
+
+    Notes
+    -----
+    dask 2026.8 returns the results of a mix of collection types (arrays and delayed)
+    grouped by type in the order each type first appears, not in the order given
+    (``dask.compute(array, delayed, array)`` hands back the delayed's result last; the same
+    through ``Client.compute``).  The collections are therefore computed grouped by type and
+    the results put back in the caller's order, which is right whether or not dask reorders.
     """
     import dask
 
     if not collections:
         return []
+    kinds: dict[type, list[int]] = {}
+    for i, c in enumerate(collections):
+        kinds.setdefault(type(c), []).append(i)
+    order = [i for idx in kinds.values() for i in idx]
+    grouped = [collections[i] for i in order]
     if client is None:
-        return list(dask.compute(*collections))
+        out = list(dask.compute(*grouped))
+        return _restore_order(out, order)
     import time
 
     start = time.perf_counter()
-    futures = client.compute(list(collections))
+    futures = client.compute(grouped)
     if label:
         print(label, file=sys.stderr)
     if progress and sys.stdout.isatty():
@@ -538,4 +552,12 @@ def compute_with_progress(
     results = list(client.gather(futures))
     if label:
         print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    return results
+    return _restore_order(results, order)
+
+
+def _restore_order(results: list[Any], order: list[int]) -> list[Any]:
+    """Results computed in ``order`` (positions in the caller's list) back in the caller's."""
+    out: list[Any] = [None] * len(order)
+    for pos, result in zip(order, results, strict=True):
+        out[pos] = result
+    return out

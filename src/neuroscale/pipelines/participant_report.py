@@ -128,9 +128,24 @@ def build_run_report(outcome: Any, report_dir: Path) -> Any:
     )
 
 
-def write_participant_reports(out_dir: Path, outcomes: list[Any], *, config_dict: dict[str, Any],
-                              work_dir: Path | None = None) -> list[Path]:
-    """Write ``sub-<label>.html`` for every participant with at least one successful run."""
+def write_participant_reports(out_dir: Path, outcomes: list[Any], *, config_dict: dict[str, Any]
+                              ) -> list[Path]:
+    """Write ``sub-<label>.html`` for every participant with at least one successful run.
+
+    Parameters
+    ----------
+    out_dir : Path
+        Derivatives root (the pages go there).
+    outcomes : list of RunOutcome
+        Every run; failed ones are left out.
+    config_dict : dict
+        The parameters (``dataclasses.asdict(ParticipantConfig)``), shown on the page.
+
+    Returns
+    -------
+    list of Path
+        The pages written.
+    """
     from neuroscale import __version__
     from neuroscale.report import write_subject_report
 
