@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
+from dask.array.utils import meta_from_array
 
 from neuroscale.errors import AnalysisError, ConfigurationError, MissingMetadataError
 from neuroscale.image import Series
@@ -80,6 +81,6 @@ def alff(series: Series, low: float = 0.01, high: float = 0.1) -> tuple[da.Array
     both = da.map_blocks(
         alff_block, series.data, float(t_r), float(low), float(high),
         chunks=((2,), series.data.chunks[1]), dtype=np.float32,
-        meta=np.empty((0, 0), np.float32),
+        meta=meta_from_array(series.data, ndim=2, dtype=np.float32),  # CuPy chunks stay CuPy
     )
     return both[0], both[1]

@@ -1,15 +1,22 @@
-"""Per-chunk NumPy kernels for voxelwise maps: ALFF/fALFF, ReHo, degree centrality, seed r.
+"""Per-chunk kernels for voxelwise maps: ALFF/fALFF, ReHo, degree centrality, seed r.
 
 Pure functions on one ``(n_timepoints, n_voxels)`` block (voxels in columns); no Dask, no I/O.
 The graph-level wrappers live in :mod:`neuroscale.analysis` (``alff``, ``reho``,
 ``centrality``, ``seed``), where the definitions and their sources are documented.
+
+ALFF/fALFF, the z-scoring and correlation tiles of degree centrality and the seed
+correlations are written against the array API (:mod:`neuroscale.kernels.xp`): a CuPy block
+is computed on its GPU, a NumPy block exactly as before.  ReHo's ranking is NumPy only.
 """
 
 from __future__ import annotations
 
 from itertools import product
+from typing import Any
 
 import numpy as np
+
+from neuroscale.kernels.xp import array_namespace, device, sum_of_squares
 
 __all__ = [
     "alff_block",
@@ -32,25 +39,26 @@ def _batches(n_rows: int, n_cols: int) -> list[slice]:
     return [slice(a, min(a + step, n_cols)) for a in range(0, n_cols, step)]
 
 
-def _linear_detrend(x: np.ndarray) -> np.ndarray:
+def _linear_detrend(x: Any) -> Any:
     """Remove the least-squares line from each column (as ``scipy.signal.detrend``), float64."""
+    xp = array_namespace(x)
     n = x.shape[0]
-    x = np.asarray(x, dtype=np.float64)
+    x = xp.astype(x, xp.float64)
     if n < 2:
-        return x - x.mean(axis=0)
-    t = np.arange(n, dtype=np.float64)
-    t -= t.mean()
-    x = x - x.mean(axis=0)
+        return x - xp.mean(x, axis=0)
+    t = xp.arange(n, dtype=xp.float64, device=device(x))
+    t -= xp.mean(t)
+    x = x - xp.mean(x, axis=0)
     slope = (t @ x) / (t @ t)
-    return x - np.outer(t, slope)
+    return x - t[:, None] * slope[None, :]
 
 
-def alff_block(block: np.ndarray, t_r: float, low: float, high: float) -> np.ndarray:
+def alff_block(block: Any, t_r: float, low: float, high: float) -> Any:
     """ALFF and fALFF of each column.
 
     Parameters
     ----------
-    block : (n_timepoints, n_voxels) ndarray
+    block : (n_timepoints, n_voxels) array (NumPy, CuPy or another array-API library)
         Time series in columns.
     t_r : float
         Sampling interval, seconds.
@@ -59,33 +67,39 @@ def alff_block(block: np.ndarray, t_r: float, low: float, high: float) -> np.nda
 
     Returns
     -------
-    (2, n_voxels) ndarray of float32
+    (2, n_voxels) array of float32, ``block``'s library and device
         Row 0: ALFF, the mean single-sided amplitude ``2 |X_k| / T`` over the FFT bins
         ``k`` with ``low <= f_k <= high`` of the linearly detrended series; row 1: fALFF,
         the sum of the amplitudes in the band over their sum over all bins ``f_k > 0`` (0 for
         a constant series). The Nyquist bin of an even ``T`` has amplitude ``|X_k| / T``.
         Definitions of Zang et al. (2007) / Zou et al. (2008) as in REST / DPABI.
     """
+    xp = array_namespace(block)
+    dev = device(block)
     n_t, n_v = block.shape
-    out = np.zeros((2, n_v), dtype=np.float32)
+    out = xp.zeros((2, n_v), dtype=xp.float32, device=dev)
     if n_t < 2 or n_v == 0:
         return out
-    freqs = np.fft.rfftfreq(n_t, d=t_r)
-    scale = np.full(freqs.shape, 2.0 / n_t)
-    scale[0] = 1.0 / n_t
+    freqs = np.fft.rfftfreq(n_t, d=t_r)  # the bins and their weights: small, on the host
+    scale_np = np.full(freqs.shape, 2.0 / n_t)
+    scale_np[0] = 1.0 / n_t
     if n_t % 2 == 0:
-        scale[-1] = 1.0 / n_t
+        scale_np[-1] = 1.0 / n_t
+    scale = xp.asarray(scale_np, device=dev)
     tol = 1e-9 * freqs[1]
-    in_band = (freqs >= low - tol) & (freqs <= high + tol) & (freqs > 0)
-    n_band = int(in_band.sum())
+    in_band = np.flatnonzero((freqs >= low - tol) & (freqs <= high + tol) & (freqs > 0))
+    n_band = int(in_band.size)
+    # the band's bins are one contiguous run: a slice sums them as the boolean selection did
+    band = slice(int(in_band[0]), int(in_band[-1]) + 1) if n_band else slice(0, 0)
     for sl in _batches(n_t, n_v):
         x = _linear_detrend(block[:, sl])
-        amp = np.abs(np.fft.rfft(x, axis=0)) * scale[:, None]
-        band_sum = amp[in_band].sum(axis=0)
-        total = amp[1:].sum(axis=0)
-        out[0, sl] = band_sum / n_band if n_band else 0.0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[1, sl] = np.where(total > 0, band_sum / np.where(total > 0, total, 1.0), 0.0)
+        amp = xp.abs(xp.fft.rfft(x, axis=0)) * scale[:, None]
+        band_sum = xp.sum(amp[band, :], axis=0)
+        total = xp.sum(amp[1:, :], axis=0)
+        out[0, sl] = xp.astype(band_sum / n_band, xp.float32) if n_band else 0.0
+        ok = total > 0
+        out[1, sl] = xp.astype(xp.where(ok, band_sum / xp.where(ok, total, 1.0), 0.0),
+                               xp.float32)
     return out
 
 
@@ -209,29 +223,38 @@ def kendall_w_ranked(ranks_parts: list[np.ndarray], mask_ext: np.ndarray, x_lo: 
     return out
 
 
-def zscore_block(block: np.ndarray) -> np.ndarray:
+def zscore_block(block: Any) -> Any:
     """Centre each column and scale it to unit Euclidean norm (float32).
 
     Then ``Z[:, i] @ Z[:, j]`` is the Pearson r of columns ``i`` and ``j``; constant columns
     become 0 (r = 0 with everything).
+
+    Parameters
+    ----------
+    block : (n_timepoints, n_voxels) array (NumPy, CuPy or another array-API library)
+
+    Returns
+    -------
+    (n_timepoints, n_voxels) array of float32, ``block``'s library and device
     """
-    out = np.empty(block.shape, dtype=np.float32)
+    xp = array_namespace(block)
+    out = xp.empty(block.shape, dtype=xp.float32, device=device(block))
     for sl in _batches(*block.shape):
-        x = np.asarray(block[:, sl], dtype=np.float64)
-        x = x - x.mean(axis=0)
-        norm = np.sqrt(np.einsum("ij,ij->j", x, x))
-        out[:, sl] = x / np.where(norm > 0, norm, np.inf)
+        x = xp.astype(block[:, sl], xp.float64)
+        x = x - xp.mean(x, axis=0)
+        norm = xp.sqrt(sum_of_squares(xp, x))
+        out[:, sl] = xp.astype(x / xp.where(norm > 0, norm, xp.inf), xp.float32)
     return out
 
 
-def correlation_tile_degrees(zi: np.ndarray, zj: np.ndarray, threshold: float,
-                             diagonal: bool) -> np.ndarray:
+def correlation_tile_degrees(zi: Any, zj: Any, threshold: float, diagonal: bool) -> Any:
     """Partial degree centralities from one tile ``r = zi.T @ zj`` of the correlation matrix.
 
     Parameters
     ----------
-    zi, zj : (n_timepoints, n_i) and (n_timepoints, n_j) ndarray of float32
-        Unit-norm, centred columns (:func:`zscore_block`).
+    zi, zj : (n_timepoints, n_i) and (n_timepoints, n_j) arrays of float32
+        Unit-norm, centred columns (:func:`zscore_block`), of one library and device (NumPy,
+        CuPy: the tile's GEMM then runs on the GPU, in plain float32, never TF32).
     threshold : float
         Edges are pairs with ``r > threshold``.
     diagonal : bool
@@ -240,65 +263,72 @@ def correlation_tile_degrees(zi: np.ndarray, zj: np.ndarray, threshold: float,
 
     Returns
     -------
-    (2, n_i + n_j) ndarray of float64
+    (2, n_i + n_j) array of float64, the inputs' library and device
         Rows: binarised degree (count of r > threshold), weighted degree (sum of those r);
         the first ``n_i`` columns are the partials of ``zi``'s voxels (row sums), the last
         ``n_j`` those of ``zj``'s (column sums, zero when ``diagonal``).
     """
+    xp = array_namespace(zi, zj)
+    dev = device(zi)
     n_i, n_j = zi.shape[1], zj.shape[1]
-    out = np.zeros((2, n_i + n_j), dtype=np.float64)
-    tile = np.asarray(zi, dtype=np.float32).T @ np.asarray(zj, dtype=np.float32)
-    edge = np.greater(tile, np.float32(threshold))
-    if diagonal:
-        np.fill_diagonal(edge, False)
-    # Reductions as matrix-vector products (BLAS, float32, exact for counts < 2**24): several
-    # times faster than numpy's axis sums over a bool or float64-accumulated tile.
-    ones_i = np.ones(n_i, dtype=np.float32)
-    ones_j = np.ones(n_j, dtype=np.float32)
-    np.multiply(tile, edge, out=tile)  # weighted edges
-    out[1, :n_i] = tile @ ones_j
+    out = xp.zeros((2, n_i + n_j), dtype=xp.float64, device=dev)
+    tile = xp.astype(zi, xp.float32).T @ xp.astype(zj, xp.float32)
+    # binary edges as 0/1 float32 (the same numbers as multiplying by a bool tile)
+    edge = xp.astype(tile > threshold, xp.float32)
+    if diagonal:  # no self-pairs
+        edge = xp.where(xp.eye(n_i, n_j, dtype=xp.bool, device=dev), 0.0, edge)
+    # Reductions as matrix-vector products (BLAS / cuBLAS, float32, exact for counts < 2**24):
+    # several times faster than axis sums over a bool or float64-accumulated tile.
+    ones_i = xp.ones(n_i, dtype=xp.float32, device=dev)
+    ones_j = xp.ones(n_j, dtype=xp.float32, device=dev)
+    out[0, :n_i] = xp.astype(edge @ ones_j, xp.float64)
     if not diagonal:
-        out[1, n_i:] = ones_i @ tile
-    np.copyto(tile, edge)  # binary edges, as 0/1 float32
-    out[0, :n_i] = tile @ ones_j
+        out[0, n_i:] = xp.astype(ones_i @ edge, xp.float64)
+    tile *= edge  # weighted edges
+    out[1, :n_i] = xp.astype(tile @ ones_j, xp.float64)
     if not diagonal:
-        out[0, n_i:] = ones_i @ tile
+        out[1, n_i:] = xp.astype(ones_i @ tile, xp.float64)
     return out
 
 
-def pearson_with_seed_block(block: np.ndarray, seed: np.ndarray) -> np.ndarray:
+def pearson_with_seed_block(block: Any, seed: Any) -> Any:
     """Pearson r of each column of ``block`` with the vector ``seed``, float64.
 
     Parameters
     ----------
-    block : (n_timepoints, n_voxels) ndarray
-    seed : (n_timepoints,) ndarray
+    block : (n_timepoints, n_voxels) array (NumPy, CuPy or another array-API library)
+    seed : (n_timepoints,) array-like
+        Moved to ``block``'s library and device.
 
     Returns
     -------
-    (n_voxels,) ndarray of float64
+    (n_voxels,) array of float64, ``block``'s library and device
         r; 0 where either series is constant.
     """
-    s = np.asarray(seed, dtype=np.float64).reshape(-1)
-    s = s - s.mean()
-    s_norm = np.sqrt(s @ s)
-    out = np.zeros(block.shape[1], dtype=np.float64)
+    xp = array_namespace(block)
+    dev = device(block)
+    s = xp.reshape(xp.asarray(seed, dtype=xp.float64, device=dev), (-1,))
+    s = s - xp.mean(s)
+    s_norm = float(xp.sqrt(s @ s))
+    out = xp.zeros(block.shape[1], dtype=xp.float64, device=dev)
     if s_norm == 0:
         return out
     s /= s_norm
     for sl in _batches(*block.shape):
-        x = np.asarray(block[:, sl], dtype=np.float64)
-        x = x - x.mean(axis=0)
-        norm = np.sqrt(np.einsum("ij,ij->j", x, x))
-        out[sl] = (s @ x) / np.where(norm > 0, norm, np.inf)
+        x = xp.astype(block[:, sl], xp.float64)
+        x = x - xp.mean(x, axis=0)
+        norm = xp.sqrt(sum_of_squares(xp, x))
+        out[sl] = (s @ x) / xp.where(norm > 0, norm, xp.inf)
     return out
 
 
-def seed_fisher_z_block(block: np.ndarray, seed: np.ndarray, r_max: float) -> np.ndarray:
+def seed_fisher_z_block(block: Any, seed: Any, r_max: float) -> Any:
     """Fisher z, ``arctanh(r)``, of each column's Pearson r with ``seed``, float32.
 
     ``r`` is clipped to ``[-r_max, r_max]`` first so that perfectly correlated voxels (the seed
-    itself) give a finite value.
+    itself) give a finite value.  Same arguments as :func:`pearson_with_seed_block`; returns
+    ``(n_voxels,)`` float32 in ``block``'s library.
     """
+    xp = array_namespace(block)
     r = pearson_with_seed_block(block, seed)
-    return np.arctanh(np.clip(r, -r_max, r_max)).astype(np.float32)
+    return xp.astype(xp.atanh(xp.clip(r, -r_max, r_max)), xp.float32)

@@ -14,9 +14,12 @@ Sources of the formulas are given function by function: nipype ``TSNR`` and
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy.special import ndtri
+
+from neuroscale.kernels.xp import array_namespace, asarray_like, nan_to_num
 
 __all__ = [
     "afni_polort_basis",
@@ -55,12 +58,13 @@ def _legendre_design(n_timepoints: int, degree: int) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def tsnr_map(block: np.ndarray, detrend_order: int | None = None) -> np.ndarray:
+def tsnr_map(block: Any, detrend_order: int | None = None) -> Any:
     """Voxelwise temporal SNR, mean over time divided by standard deviation over time.
 
     Parameters
     ----------
-    block : (n_timepoints, n_voxels) ndarray of float32
+    block : (n_timepoints, n_voxels) array of float32 (NumPy, CuPy or another array-API
+        library)
         All time points of a block of voxels.
     detrend_order : int or None
         If given (>= 1), Legendre polynomials of orders 1..``detrend_order`` are regressed out
@@ -70,7 +74,7 @@ def tsnr_map(block: np.ndarray, detrend_order: int | None = None) -> np.ndarray:
 
     Returns
     -------
-    (n_voxels,) ndarray of float32
+    (n_voxels,) array of float32, ``block``'s library and device
         ``mean / std`` (population std, ``ddof=0``); 0 where ``std <= 1e-3`` (nipype's
         threshold).  NaNs in the input are replaced by 0 first (``np.nan_to_num``).
 
@@ -79,17 +83,17 @@ def tsnr_map(block: np.ndarray, detrend_order: int | None = None) -> np.ndarray:
     Source: nipype ``nipype.algorithms.confounds.TSNR._run_interface``; MRIQC's ``tsnr`` IQM
     is the median of this map inside the brain mask (``mriqc/interfaces/functional.py``).
     """
-    data = np.nan_to_num(np.asarray(block, dtype=np.float64))
+    xp = array_namespace(block)
+    data = nan_to_num(xp, xp.astype(block, xp.float64))
     if detrend_order is not None and detrend_order >= 1:
-        design = _legendre_design(data.shape[0], detrend_order)
-        betas = np.linalg.pinv(design) @ data
-        data = data - design[:, 1:] @ betas[1:]
-    mean = data.mean(axis=0)
-    std = data.std(axis=0)
-    out = np.zeros(data.shape[1], dtype=np.float64)
+        design = _legendre_design(data.shape[0], detrend_order)  # small: on the host
+        pinv = asarray_like(np.linalg.pinv(design), data)
+        betas = pinv @ data
+        data = data - asarray_like(design[:, 1:], data) @ betas[1:, :]
+    mean = xp.mean(data, axis=0)
+    std = xp.std(data, axis=0)
     ok = std > 1.0e-3
-    out[ok] = mean[ok] / std[ok]
-    return out.astype(np.float32)
+    return xp.astype(xp.where(ok, mean / xp.where(ok, std, 1.0), 0.0), xp.float32)
 
 
 # ----------------------------------------------------------- global signal and GCOR
