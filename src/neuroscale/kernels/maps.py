@@ -43,7 +43,7 @@ def _linear_detrend(x: Any) -> Any:
     """Remove the least-squares line from each column (as ``scipy.signal.detrend``), float64."""
     xp = array_namespace(x)
     n = x.shape[0]
-    x = xp.astype(x, xp.float64)
+    x = xp.astype(x, xp.float64, copy=False)
     if n < 2:
         return x - xp.mean(x, axis=0)
     t = xp.arange(n, dtype=xp.float64, device=device(x))
@@ -240,7 +240,7 @@ def zscore_block(block: Any) -> Any:
     xp = array_namespace(block)
     out = xp.empty(block.shape, dtype=xp.float32, device=device(block))
     for sl in _batches(*block.shape):
-        x = xp.astype(block[:, sl], xp.float64)
+        x = xp.astype(block[:, sl], xp.float64, copy=False)
         x = x - xp.mean(x, axis=0)
         norm = xp.sqrt(sum_of_squares(xp, x))
         out[:, sl] = xp.astype(x / xp.where(norm > 0, norm, xp.inf), xp.float32)
@@ -272,7 +272,8 @@ def correlation_tile_degrees(zi: Any, zj: Any, threshold: float, diagonal: bool)
     dev = device(zi)
     n_i, n_j = zi.shape[1], zj.shape[1]
     out = xp.zeros((2, n_i + n_j), dtype=xp.float64, device=dev)
-    tile = xp.astype(zi, xp.float32).T @ xp.astype(zj, xp.float32)
+    # no copy of float32 inputs (as np.asarray): OpenBLAS's sgemm rounds by the operands' alignment
+    tile = xp.astype(zi, xp.float32, copy=False).T @ xp.astype(zj, xp.float32, copy=False)
     # binary edges as 0/1 float32 (the same numbers as multiplying by a bool tile)
     edge = xp.astype(tile > threshold, xp.float32)
     if diagonal:  # no self-pairs
@@ -315,7 +316,7 @@ def pearson_with_seed_block(block: Any, seed: Any) -> Any:
         return out
     s /= s_norm
     for sl in _batches(*block.shape):
-        x = xp.astype(block[:, sl], xp.float64)
+        x = xp.astype(block[:, sl], xp.float64, copy=False)
         x = x - xp.mean(x, axis=0)
         norm = xp.sqrt(sum_of_squares(xp, x))
         out[sl] = (s @ x) / xp.where(norm > 0, norm, xp.inf)

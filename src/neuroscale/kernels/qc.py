@@ -84,7 +84,7 @@ def tsnr_map(block: Any, detrend_order: int | None = None) -> Any:
     is the median of this map inside the brain mask (``mriqc/interfaces/functional.py``).
     """
     xp = array_namespace(block)
-    data = nan_to_num(xp, xp.astype(block, xp.float64))
+    data = nan_to_num(xp, xp.astype(block, xp.float64, copy=False))
     if detrend_order is not None and detrend_order >= 1:
         design = _legendre_design(data.shape[0], detrend_order)  # small: on the host
         pinv = asarray_like(np.linalg.pinv(design), data)
