@@ -14,7 +14,9 @@ One short, unattended script for a machine with a CUDA GPU (issue 18).  It
    the graph) and from data already on the GPU; checks the first voxels' degrees against the
    CPU kernels exactly (counts) and to float32 tolerance (weighted); reports the achieved
    GEMM rate against the measured peak and the 2-core CPU time (one CPU tile timed on two
-   threads, times the number of tiles the CPU path computes).
+   threads, times the number of tiles the CPU path computes);
+4. runs the participant pipeline on the shipped example on the CPU and with ``--gpu`` and
+   compares their maps (no registration or motion correction: ANTs is not needed there).
 
 Usage::
 
@@ -248,13 +250,54 @@ def centrality(report: dict[str, Any], n_t: int, n_v: int, threshold: float = 0.
     report["degree_centrality"] = res
 
 
+def pipeline(report: dict[str, Any], bids: Path, out: Path) -> None:
+    """The participant pipeline on ``bids`` twice, on the CPU and with ``--gpu`` (no
+    registration or motion correction: ANTs is not needed), with their maps compared."""
+    import re
+    import subprocess
+
+    import nibabel as nib
+
+    runs: dict[str, Any] = {}
+    code = "import sys; from neuroscale.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    for name, extra in (("cpu", []), ("gpu", ["--gpu"])):
+        cmd = [sys.executable, "-c", code, str(bids), str(out / name), "participant",
+               "--no-registration", "--no-motion-correction", "--no-report", "--no-progress",
+               "--work-dir", str(out / f"{name}_work"), *extra]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+        runs[name] = dict(wall_s=time.perf_counter() - t0, exit_code=proc.returncode,
+                          stderr_tail=proc.stderr[-1500:],
+                          phases_s=[float(x) for x in re.findall(r"done in ([0-9.]+) s",
+                                                                 proc.stderr)])
+    maps = {}
+    for cpu_map in sorted((out / "cpu").rglob("*_boldmap.nii.gz")):
+        gpu_map = out / "gpu" / cpu_map.relative_to(out / "cpu")
+        stat = re.search(r"stat-([a-z]+)", cpu_map.name)
+        key = stat.group(1) if stat else cpu_map.name
+        if not gpu_map.is_file():
+            maps[key] = "missing on the GPU run"
+            continue
+        a = np.asarray(nib.load(str(cpu_map)).dataobj, dtype=np.float64)
+        b = np.asarray(nib.load(str(gpu_map)).dataobj, dtype=np.float64)
+        maps[key] = dict(identical=bool(np.array_equal(a, b)),
+                         max_abs_diff=float(np.abs(a - b).max()),
+                         max_rel_diff=float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)),
+                         voxels_differing=int(np.sum(a != b)))
+    report["pipeline"] = dict(bids=str(bids), runs=runs, maps=maps,
+                              speedup=runs["cpu"]["wall_s"] / runs["gpu"]["wall_s"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("."))
     ap.add_argument("--voxels", type=int, default=224_000)
     ap.add_argument("--volumes", type=int, default=1200)
     ap.add_argument("--kernel-voxels", type=int, default=32_768)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["ceilings", "kernels", "dc"])
+    ap.add_argument("--bids", type=Path, default=ROOT / "examples" / "ds-studyforrest-oneback",
+                    help="dataset of the pipeline stage (CPU run, then --gpu)")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["ceilings", "kernels", "dc", "pipeline"])
     args = ap.parse_args(argv)
     from neuroscale.compute.gpu import gpu_info
 
@@ -271,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stages = [("ceilings", lambda: ceilings(report)),
               ("kernels", lambda: kernels(report, args.volumes, args.kernel_voxels)),
-              ("dc", lambda: centrality(report, args.volumes, args.voxels))]
+              ("dc", lambda: centrality(report, args.volumes, args.voxels)),
+              ("pipeline", lambda: pipeline(report, args.bids, args.out / "pipeline"))]
     for name, stage in stages:
         if name in args.skip:
             continue
@@ -293,9 +337,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['gpu_s']*1e3:8.2f} ms  x{row['speedup']:7.1f}  max rel diff "
               f"{row['max_rel_diff']:.2e}" + (f"  count mismatches {row['count_mismatches']}"
                                               if "count_mismatches" in row else ""))
-    dc = report.get("degree_centrality")
-    if dc:
-        print(json.dumps(dc, indent=1))
+    for key in ("degree_centrality", "pipeline"):
+        if report.get(key):
+            print(json.dumps(report[key], indent=1))
     for name, err in report.get("errors", {}).items():
         print(f"--- {name} failed:\n{err}")
     return 1 if report.get("errors") else 0

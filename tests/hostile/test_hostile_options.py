@@ -24,6 +24,8 @@ from tests.hostile.harness import (
     run_cli,
 )
 
+from neuroscale.compute.gpu import gpu_info
+
 
 def _args(root: Path, *extra: object, out: Path | None = None) -> list[object]:
     return [root / "bids", out or root / "out", "participant", *FAST, *extra]
@@ -86,6 +88,10 @@ CASES = [
          exit_code=2, message=r"--seed expects X,Y,Z,RADIUS_MM \(finite", names="0,inf,0,6"),
     Case("seed-radius-nan", lambda root: _args(root, "--seed", "0,0,0,nan"),
          exit_code=2, message=r"--seed expects", names="0,0,0,nan"),
+    # -- execution ------------------------------------------------------------------------------
+    *([Case("gpu-on-a-machine-without-one", lambda root: _args(root, "--gpu"),
+            exit_code=2, message=r"^neuroscale: error: --gpu: (CuPy is not installed|no CUDA GPU)",
+            names="--gpu")] if gpu_info() is None else []),
     # -- output and working directories -------------------------------------------------------
     Case("output-is-an-existing-file",
          lambda root: _args(root, out=_write(root, "results.txt", "not a directory\n")),

@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     exe.add_argument("--max-concurrent-subjects", type=int, metavar="N",
                      help="participants processed at once on the cluster (default: one per two "
                      "workers); one subject's failure never stops the others")
+    exe.add_argument("--gpu", action="store_true",
+                     help="compute ALFF/fALFF and degree centrality on the CUDA GPU (CuPy: pip "
+                     "install 'neuroscale[gpu]'); fails at once where there is none")
     exe.add_argument("--work-dir", type=Path, metavar="DIR",
                      help="working copies and intermediates (default: OUTPUT_DIR_work beside OUTPUT_DIR)")
     exe.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -218,7 +221,13 @@ def _run_app(args: argparse.Namespace) -> int:
         template=args.template.resolve() if args.template else None,
         fd_threshold=args.fd_threshold if args.fd_threshold > 0 else None,
         derivatives=derivatives,
+        gpu=args.gpu,
     )
+    if args.gpu:  # before anything starts: one line where there is no GPU
+        from neuroscale.compute.gpu import require_gpu
+
+        print(f"neuroscale: GPU: {require_gpu().describe()} (ALFF/fALFF, degree centrality)",
+              file=sys.stderr)
     from neuroscale.bids.layout import find_bold_runs
 
     # validate the dataset and the options before starting a cluster

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from neuroscale.kernels.xp import array_namespace, device, sum_of_squares
+from neuroscale.kernels.xp import array_namespace, device, is_cupy_namespace, sum_of_squares
 
 __all__ = [
     "alff_block",
@@ -32,10 +32,14 @@ __all__ = [
 
 # columns processed at once inside a kernel, to bound float64 temporaries (~8 MB per array)
 _BATCH_ELEMENTS = 1 << 20
+_GPU_BATCH_ELEMENTS = 1 << 26  # 512 MB float64 temporaries
 
 
-def _batches(n_rows: int, n_cols: int) -> list[slice]:
-    step = max(1, _BATCH_ELEMENTS // max(n_rows, 1))
+def _batches(n_rows: int, n_cols: int, xp: Any = None) -> list[slice]:
+    """Column slices of at most ~``_BATCH_ELEMENTS`` elements (``_GPU_BATCH_ELEMENTS`` for a
+    CuPy block: there each batch costs kernel launches, and memory is plentiful)."""
+    budget = _GPU_BATCH_ELEMENTS if xp is not None and is_cupy_namespace(xp) else _BATCH_ELEMENTS
+    step = max(1, budget // max(n_rows, 1))
     return [slice(a, min(a + step, n_cols)) for a in range(0, n_cols, step)]
 
 
@@ -91,7 +95,7 @@ def alff_block(block: Any, t_r: float, low: float, high: float) -> Any:
     n_band = int(in_band.size)
     # the band's bins are one contiguous run: a slice sums them as the boolean selection did
     band = slice(int(in_band[0]), int(in_band[-1]) + 1) if n_band else slice(0, 0)
-    for sl in _batches(n_t, n_v):
+    for sl in _batches(n_t, n_v, xp):
         x = _linear_detrend(block[:, sl])
         amp = xp.abs(xp.fft.rfft(x, axis=0)) * scale[:, None]
         band_sum = xp.sum(amp[band, :], axis=0)
@@ -239,7 +243,7 @@ def zscore_block(block: Any) -> Any:
     """
     xp = array_namespace(block)
     out = xp.empty(block.shape, dtype=xp.float32, device=device(block))
-    for sl in _batches(*block.shape):
+    for sl in _batches(*block.shape, xp):
         x = xp.astype(block[:, sl], xp.float64, copy=False)
         x = x - xp.mean(x, axis=0)
         norm = xp.sqrt(sum_of_squares(xp, x))
@@ -315,7 +319,7 @@ def pearson_with_seed_block(block: Any, seed: Any) -> Any:
     if s_norm == 0:
         return out
     s /= s_norm
-    for sl in _batches(*block.shape):
+    for sl in _batches(*block.shape, xp):
         x = xp.astype(block[:, sl], xp.float64, copy=False)
         x = x - xp.mean(x, axis=0)
         norm = xp.sqrt(sum_of_squares(xp, x))

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace, device, is_cupy_namespace, is_numpy_namespace
 
-__all__ = ["array_namespace", "asarray_like", "device", "is_gpu", "nan_to_num",
-           "sum_of_squares", "to_numpy"]
+__all__ = ["array_namespace", "asarray_like", "device", "is_cupy_namespace", "is_gpu",
+           "nan_to_num", "sum_of_squares", "to_numpy"]
 
 
 def sum_of_squares(xp: Any, x: Any) -> Any:

@@ -31,6 +31,7 @@ import numpy as np
 
 from neuroscale.analysis import alff as alff_mod
 from neuroscale.analysis import centrality, connectivity, denoise, parcellate, qc, reho, seed
+from neuroscale.compute.gpu import to_device, to_host
 from neuroscale.errors import AnalysisError
 from neuroscale.image import Series, read_series_store, store_series, values_to_volume
 from neuroscale.io.atomic import atomic_write_bytes, atomic_write_text
@@ -242,7 +243,19 @@ def _alff(state: RunState) -> Any:
     cfg = state.config
     unfiltered = denoise.clean(state.raw, t_r=state.t_r, detrend=cfg.detrend, standardize=False,
                                low_pass=None, high_pass=None, confounds=state.confounds)
-    return alff_mod.alff(unfiltered, low=cfg.alff_band[0], high=cfg.alff_band[1])
+    maps = alff_mod.alff(_on_device(state, unfiltered), low=cfg.alff_band[0],
+                         high=cfg.alff_band[1])
+    return _on_host(state, maps)
+
+
+def _on_device(state: RunState, series: Series) -> Series:
+    """``series`` with its chunks on the GPU where the run asked for one (``--gpu``)."""
+    return series.with_data(to_device(series.data)) if state.config.gpu else series
+
+
+def _on_host(state: RunState, arrays: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Maps computed on the GPU copied back to host memory, chunk by chunk, to be written."""
+    return tuple(to_host(a) for a in arrays) if state.config.gpu else arrays
 
 
 def _denoised(state: RunState) -> Any:
@@ -282,7 +295,8 @@ def _reho(state: RunState) -> Any:
 
 
 def _dc(state: RunState) -> Any:
-    return centrality.degree_centrality(state.denoised(), threshold=state.config.dc_threshold)
+    return _on_host(state, centrality.degree_centrality(_on_device(state, state.denoised()),
+                                                        threshold=state.config.dc_threshold))
 
 
 def _parcels(atlas: Any) -> Any:
@@ -430,7 +444,8 @@ def bold_run_steps(state: RunState
         Product("reho", "C", _reho, reads=("denoised",)),
         Product("dc", "C", _dc, reads=("denoised",)),
     ]
-    dc_params = {**state.den_params, "threshold_r": cfg.dc_threshold}
+    dc_params = {**state.den_params, "threshold_r": cfg.dc_threshold,
+                 **({"device": "gpu"} if cfg.gpu else {})}
     steps: list[Step[RunState]] = [
         # the carpet sample is refreshed with the QC document and the tSNR map
         Step("qc", (Derivative("qc", {"desc": "qc", "suffix": "bold", "extension": ".json"}),),

@@ -143,6 +143,11 @@ class ParticipantConfig:
     derivatives : dict of str to Path
         ``{"fmriprep": PATH}``: use fMRIPrep's preprocessed BOLD, brain mask and confounds
         instead of the raw runs.
+    gpu : bool
+        Compute ALFF/fALFF and degree centrality on the CUDA GPU (their kernels on CuPy
+        chunks, :mod:`neuroscale.compute.gpu`); their sidecars then record
+        ``"device": "gpu"`` (equal to the CPU's maps to float32 rounding: degree counts may
+        differ where a correlation rounds across the threshold).
     """
 
     high_pass: float | None = 0.01
@@ -170,6 +175,7 @@ class ParticipantConfig:
     template: Path | None = None
     fd_threshold: float | None = 0.5
     derivatives: dict[str, Path] = field(default_factory=dict)
+    gpu: bool = False
 
 
 @dataclass
@@ -297,7 +303,8 @@ def process_bold_run(
         den_params=denoising_params(config, base_params, bold.t_r, cens),
         alff_params={**base_params, "detrend": config.detrend,
                      "nuisance_strategy": config.nuisance_strategy,
-                     "band_hz": list(config.alff_band), "t_r_s": bold.t_r},
+                     "band_hz": list(config.alff_band), "t_r_s": bold.t_r,
+                     **({"device": "gpu"} if config.gpu else {})},
         input_sha256=conf.key + mask_shas, conf_path=conf.path,
         build_confounds=conf.build, tissue=tissue, motion_params=motion_params, fd=fd,
         fd_threshold=cens.threshold, fd_facts=cens.facts, sample_mask=cens.sample_mask,
