@@ -243,7 +243,7 @@ def zscore_block(block: Any) -> Any:
     """
     xp = array_namespace(block)
     out = xp.empty(block.shape, dtype=xp.float32, device=device(block))
-    for sl in _batches(*block.shape, xp):
+    for sl in _batches(block.shape[0], block.shape[1], xp):
         x = xp.astype(block[:, sl], xp.float64, copy=False)
         x = x - xp.mean(x, axis=0)
         norm = xp.sqrt(sum_of_squares(xp, x))
@@ -319,7 +319,7 @@ def pearson_with_seed_block(block: Any, seed: Any) -> Any:
     if s_norm == 0:
         return out
     s /= s_norm
-    for sl in _batches(*block.shape, xp):
+    for sl in _batches(block.shape[0], block.shape[1], xp):
         x = xp.astype(block[:, sl], xp.float64, copy=False)
         x = x - xp.mean(x, axis=0)
         norm = xp.sqrt(sum_of_squares(xp, x))
