@@ -18,7 +18,9 @@ pin_itk()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NEUROSCALE_SHARED_DATA", REPO.parent / "shared" / "data"))
-STUDYFORREST = SHARED_DATA / "bids" / "ds-studyforrest-oneback"
+#: the README's example (a copy of ../shared/data/bids/ds-studyforrest-oneback without its
+#: sourcedata/; the BOLD run and T1w are byte-identical): always there, on any clone
+STUDYFORREST = REPO / "examples" / "ds-studyforrest-oneback"
 BOLD = STUDYFORREST / "sub-02" / "func" / "sub-02_task-oneback_run-1_bold.nii.gz"
 
 
@@ -31,8 +33,8 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def studyforrest_bold(shared_data: Path) -> Path:
-    """The real studyforrest BOLD run (80 x 80 x 35 x 156, TR 2 s)."""
+def studyforrest_bold() -> Path:
+    """The real studyforrest BOLD run (80 x 80 x 35 x 156, TR 2 s), from examples/."""
     if not BOLD.is_file():
         pytest.skip(f"{BOLD} not found")
     return BOLD

@@ -362,15 +362,6 @@ def test_real_run_chunked_equals_nilearn(
                                      butterworth__copy=True))
 
 
-def test_butterworth_copy_is_identical(real_series: tuple[Series, np.ndarray]) -> None:
-    """nilearn's per-column filtering loop and one vectorised call give identical numbers."""
-    _, whole = real_series
-    x = whole[:, ::97].astype(np.float64)
-    a = nsignal.clean(x.copy(), low_pass=0.08, high_pass=0.009, t_r=2.0)
-    b = nsignal.clean(x.copy(), low_pass=0.08, high_pass=0.009, t_r=2.0, butterworth__copy=True)
-    np.testing.assert_array_equal(a, b)
-
-
 def test_real_run_too_short_message(real_series: tuple[Series, np.ndarray]) -> None:
     series, _ = real_series
     short = series.with_data(series.data[:30])

@@ -256,7 +256,7 @@ class Image:
     @property
     def ndim(self) -> int:
         """3 or 4."""
-        return self.data.ndim
+        return int(self.data.ndim)
 
     @property
     def n_volumes(self) -> int:
@@ -412,9 +412,10 @@ class Image:
         stored = max(self._raw_txyz.chunks[0]) if self._raw_txyz is not None else 1
         tb = max(stored, (tb // stored) * stored)  # whole stored time chunks: no re-reads
         raw, slope, inter = self._raw({0: tb, 1: -1, 2: -1, 3: -1})
-        return da.map_blocks(_mask_slab, raw, mask, slope, inter,
-                             chunks=(raw.chunks[0], (n_vox,)), drop_axis=[2, 3],
-                             dtype=np.float32, meta=np.empty((0, 0), np.float32))
+        masked: da.Array = da.map_blocks(_mask_slab, raw, mask, slope, inter,
+                                         chunks=(raw.chunks[0], (n_vox,)), drop_axis=[2, 3],
+                                         dtype=np.float32, meta=np.empty((0, 0), np.float32))
+        return masked
 
     def compute_volume(self) -> np.ndarray:
         """Compute a 3D image into memory (refuses 4D: use the chunked path)."""
@@ -528,8 +529,9 @@ class Series:
         return Image(data=da.concatenate(pieces, axis=0), affine=self.affine, t_r=self.t_r,
                      header=self.header, source=self.source, meta=dict(self.meta))
 
-    def to_zarr(self, path: str | Path, overwrite: bool = True) -> Series:
-        """Write the data to a Zarr store (atomically) and return a Series reading from it."""
+    def to_zarr(self, path: str | Path) -> Series:
+        """Write the data to a Zarr store (atomically, replacing one already at ``path``) and
+        return a Series reading from it."""
         from neuroscale.io.atomic import atomic_path
 
         path = Path(path)
@@ -723,7 +725,8 @@ def read_series_store(path: str | Path, chunks: tuple[tuple[int, ...], tuple[int
 
     store = ColumnChunkedArray.open(path) if DIRECT_READS else None
     if store is None:
-        return da.from_zarr(str(path), chunks=chunks)
+        lazy: da.Array = da.from_zarr(str(path), chunks=chunks)
+        return lazy
     n_t, n_v = store.shape
     if chunks is None:
         chunks = ((n_t,), tuple(min(store.width, n_v - j) for j in range(0, n_v, store.width)))
@@ -739,7 +742,8 @@ def read_series_store(path: str | Path, chunks: tuple[tuple[int, ...], tuple[int
                         meta=np.empty((0, 0), store.dtype))
         for a, b in zip(edges[:-1], edges[1:], strict=True)
     ]
-    return da.concatenate(blocks, axis=1)
+    joined: da.Array = da.concatenate(blocks, axis=1)
+    return joined
 
 
 def values_to_volume(values: np.ndarray, mask: np.ndarray, fill: float = 0.0) -> np.ndarray:

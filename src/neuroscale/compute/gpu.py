@@ -103,7 +103,8 @@ def to_device(data: da.Array, library: str = "cupy") -> da.Array:
     """
     xp = importlib.import_module(library)
     meta = xp.empty((0,) * data.ndim, dtype=getattr(xp, np.dtype(data.dtype).name))
-    return da.map_blocks(xp.asarray, data, dtype=data.dtype, meta=meta)
+    moved: da.Array = da.map_blocks(xp.asarray, data, dtype=data.dtype, meta=meta)
+    return moved
 
 
 def to_host(data: da.Array) -> da.Array:
@@ -117,5 +118,6 @@ def to_host(data: da.Array) -> da.Array:
     -------
     dask array of NumPy chunks, same shape, chunks and dtype.
     """
-    return da.map_blocks(to_numpy, data, dtype=data.dtype,
-                         meta=np.empty((0,) * data.ndim, dtype=data.dtype))
+    back: da.Array = da.map_blocks(to_numpy, data, dtype=data.dtype,
+                                   meta=np.empty((0,) * data.ndim, dtype=data.dtype))
+    return back

@@ -150,8 +150,8 @@ def _hash_file(path: Path, result: dict[str, Any], stop: threading.Event) -> Non
         result["error"] = exc
 
 
-def _read_blocks(stream: Any, info: NiftiInfo, t_chunk: int, out: queue.Queue,
-                 free: queue.Queue, stop: threading.Event) -> None:
+def _read_blocks(stream: Any, info: NiftiInfo, t_chunk: int, out: queue.Queue[Any],
+                 free: queue.Queue[Any], stop: threading.Event) -> None:
     """Producer: decompress ``t_chunk`` volumes at a time into recycled buffers.
 
     Buffers come from ``free`` (a small ring allocated once: touching fresh memory is slow on
@@ -333,8 +333,8 @@ def ingest_nifti(
     stream: Any = igzip.IGzipFile(fileobj=raw, mode="rb") if info.compressed else raw
     total = np.zeros((nz, ny, nx), dtype=np.float64)  # file order
     checks = _ValueChecks(info.dtype, (nz, ny, nx), info.slope != 1.0 or info.inter != 0.0)
-    q: queue.Queue = queue.Queue()
-    free: queue.Queue = queue.Queue()
+    q: queue.Queue[Any] = queue.Queue()
+    free: queue.Queue[Any] = queue.Queue()
     stop = threading.Event()
     hashed: dict[str, Any] = {}
     producer = threading.Thread(target=_read_blocks, args=(stream, info, t_chunk, q, free, stop),

@@ -286,7 +286,7 @@ def voxel_median(block: np.ndarray) -> np.ndarray:
 
     For an even number of volumes this is the mean of the two middle values (``np.median``).
     """
-    return np.median(np.asarray(block, dtype=np.float64), axis=0)
+    return np.asarray(np.median(np.asarray(block, dtype=np.float64), axis=0))
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:

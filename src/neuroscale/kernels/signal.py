@@ -127,8 +127,8 @@ def _original_mean(x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     """nilearn's ``original_mean_signals``: mean after censoring/interpolation, before detrend."""
     sample_mask = params["sample_mask"]
     if sample_mask is None or params["filter"] == "butterworth":
-        return x.mean(axis=0)
-    return x[sample_mask].mean(axis=0)
+        return np.asarray(x.mean(axis=0))
+    return np.asarray(x[sample_mask].mean(axis=0))
 
 
 #: Voxels cleaned per nilearn call inside one chunk (bounds nilearn's float64 copies).

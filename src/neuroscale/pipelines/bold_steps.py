@@ -469,6 +469,15 @@ def bold_run_steps(state: RunState
         Step("dcw", _map("dcw", stat="dcw"), ("dc",), lambda s: s.planned(dc_params),
              _write_map("dc", 1), enabled=lambda s: bool(s.config.centrality)),
     ]
+    # seeds before atlases: the order of the outputs (and of the report's list) as before
+    for i, (sx, sy, sz, sr) in enumerate(cfg.seeds, start=1):
+        name = f"seed-{i}"
+        s_params = {**state.den_params, "seed_center_mm": [float(sx), float(sy), float(sz)],
+                    "seed_radius_mm": float(sr),
+                    "seed_signal": SEED_SIGNAL if state.keeps_scale else PARCEL_SIGNAL_PSC}
+        products.append(Product(name, "C", _seed_map((sx, sy, sz), sr), reads=("denoised",)))
+        steps.append(Step(name, _map(name, seed=str(i), stat="fisherz"), (name,),
+                          _planned(s_params), _write_map(name)))
     signal = PARCEL_SIGNAL if state.keeps_scale else PARCEL_SIGNAL_PSC
     for atlas, a_sha, how in state.atlases:
         name = atlas.name
@@ -490,12 +499,4 @@ def bold_run_steps(state: RunState
         products.append(Product(f"atlas-{name}", "C", _parcels(atlas), reads=("denoised",)))
         steps.append(Step(f"atlas-{name}", outputs, (f"atlas-{name}",), _fixed(a_params),
                           _write_atlas(atlas, a_sha), sources=_fixed_sources(a_source)))
-    for i, (sx, sy, sz, sr) in enumerate(cfg.seeds, start=1):
-        name = f"seed-{i}"
-        s_params = {**state.den_params, "seed_center_mm": [float(sx), float(sy), float(sz)],
-                    "seed_radius_mm": float(sr),
-                    "seed_signal": SEED_SIGNAL if state.keeps_scale else PARCEL_SIGNAL_PSC}
-        products.append(Product(name, "C", _seed_map((sx, sy, sz), sr), reads=("denoised",)))
-        steps.append(Step(name, _map(name, seed=str(i), stat="fisherz"), (name,),
-                          _planned(s_params), _write_map(name)))
     return PHASES, products, steps
