@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuroscale.analysis.confounds import (
+from neuroscale.bids.confounds import (
     STRATEGIES,
     check_confounds_length,
     find_confounds_file,
@@ -323,7 +323,7 @@ confounds:
 
 
 def test_custom_strategy_file_yaml(v21: Path, tmp_path: Path) -> None:
-    from neuroscale.analysis.confounds import load_strategy_file
+    from neuroscale.bids.confounds import load_strategy_file
 
     tsv = find_confounds_file(v21)
     assert tsv is not None
@@ -367,7 +367,7 @@ def test_custom_strategy_file_yaml(v21: Path, tmp_path: Path) -> None:
     ("name: x\nconfounds: {a: {query: {extension: .nii.gz}, columns: [csf]}}\n", "voxelwise"),
 ])
 def test_custom_strategy_file_errors(tmp_path: Path, text: str, match: str) -> None:
-    from neuroscale.analysis.confounds import load_strategy_file
+    from neuroscale.bids.confounds import load_strategy_file
 
     path = tmp_path / "bad.yml"
     path.write_text(text)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.fmriprep_helpers import make_fmriprep_dataset
 
-from neuroscale.analysis.confounds import load_confounds, non_steady_state_mask
+from neuroscale.bids.confounds import load_confounds, non_steady_state_mask
 from neuroscale.bids.fmriprep import (
     check_fmriprep_dir,
     find_fmriprep_bold,

@@ -99,7 +99,7 @@ def test_preprocessing_outputs(participant_run: tuple[Path, Path, int]) -> None:
                 "trans_x_derivative1_power2", "w_comp_cor_04", "c_comp_cor_04"):
         assert col in conf.columns, col
     assert len(conf) == 156
-    from neuroscale.analysis.confounds import load_confounds
+    from neuroscale.bids.confounds import load_confounds
 
     regressors, names = load_confounds(func / f"{PREFIX}_desc-confounds_timeseries.tsv", "36P")
     assert regressors.shape == (156, 36) and np.isfinite(regressors).all()
@@ -272,7 +272,7 @@ def _nilearn_denoised(out: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image, dict
     from nilearn.masking import apply_mask, unmask
     from nilearn.signal import clean
 
-    from neuroscale.analysis.confounds import load_confounds
+    from neuroscale.bids.confounds import load_confounds
 
     func = out / "sub-02" / "func"
     mask_img = nib.load(func / f"{PREFIX}_desc-brain_mask.nii.gz")

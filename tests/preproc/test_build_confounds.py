@@ -12,7 +12,7 @@ import pytest
 from tests.fmriprep_helpers import shared_sources
 from tests.utils import raise_if_dask_computes
 
-from neuroscale.analysis.confounds import load_confounds
+from neuroscale.bids.confounds import load_confounds
 from neuroscale.errors import AnalysisError, ConfigurationError
 from neuroscale.image import Series
 from neuroscale.preproc.confounds import (

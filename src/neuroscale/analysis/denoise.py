@@ -277,7 +277,7 @@ def _normalise_sample_mask(sample_mask: Any, n_t: int, series: Series) -> np.nda
 def _normalise_confounds(confounds: Any, n_t: int, series: Series) -> np.ndarray | None:
     if confounds is None:
         return None
-    from neuroscale.analysis.confounds import check_confounds_length
+    from neuroscale.bids.confounds import check_confounds_length
 
     if hasattr(confounds, "to_numpy"):  # pandas DataFrame / Series
         confounds = confounds.to_numpy()
@@ -359,7 +359,7 @@ def clean(
         (``scipy.signal.sosfiltfilt``), cosine drift regressors added to the confounds, or
         none.  ``"butterworth"`` with both cut-offs ``None`` means no filter.
     confounds : ndarray or DataFrame, shape (n_timepoints, n_confounds) or (n_timepoints,)
-        Nuisance regressors (e.g. from :func:`neuroscale.analysis.confounds.load_confounds`),
+        Nuisance regressors (e.g. from :func:`neuroscale.bids.confounds.load_confounds`),
         one row per volume of the *uncensored* series.
     standardize_confounds : bool
         z-score the confounds before the projection (nilearn's default).

@@ -327,7 +327,7 @@ def find_fmriprep_bold(fmriprep_dir: str | Path, run: BoldRun, *,
         raise BIDSError(f"fMRIPrep's brain mask (desc-brain_mask) for {bold.name} is missing "
                         f"{where}")
     boldref = _companion(folder, ent, None, "boldref")
-    from neuroscale.analysis.confounds import find_confounds_file
+    from neuroscale.bids.confounds import find_confounds_file
     from neuroscale.errors import AnalysisError
 
     try:

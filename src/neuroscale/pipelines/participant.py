@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from neuroscale import __version__
-from neuroscale.analysis.confounds import load_confounds, load_strategy_file
+from neuroscale.bids.confounds import load_confounds, load_strategy_file
 from neuroscale.bids.derivatives import write_dataset_description
 from neuroscale.bids.layout import find_bold_runs
 from neuroscale.compute.cluster import compute_error, describe_failure, is_cluster_failure
@@ -93,7 +93,7 @@ class ParticipantConfig:
         ``"butterworth"`` or ``"cosine"`` (nilearn ``signal.clean``).
     nuisance_strategy : str
         Confound strategy (``"36P"``, ``"24P"``, ``"acompcor"``, ``"none"``, ..., or an
-        XCP-D-style YAML file; see :mod:`neuroscale.analysis.confounds`), applied to the
+        XCP-D-style YAML file; see :mod:`neuroscale.bids.confounds`), applied to the
         confounds neuroscale builds from motion correction and the tissue masks, or to
         fMRIPrep's confounds TSV when there is one.
     alff_band : tuple of float

@@ -23,9 +23,9 @@ from uuid import uuid4
 import numpy as np
 
 from neuroscale.analysis import parcellate
-from neuroscale.analysis.confounds import find_confounds_file, load_confounds, read_confounds_tsv
 from neuroscale.analysis.denoise import censoring_mask
 from neuroscale.analysis.mask import compute_brain_mask, load_mask, require_signal
+from neuroscale.bids.confounds import find_confounds_file, load_confounds, read_confounds_tsv
 from neuroscale.bids.layout import find_t1w
 from neuroscale.compute.determinism import pinned_call
 from neuroscale.errors import AnalysisError, MissingMetadataError, NeuroscaleError

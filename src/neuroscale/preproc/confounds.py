@@ -3,7 +3,7 @@
 neuroscale builds the regressors that fMRIPrep's ``init_bold_confs_wf`` puts into
 ``*_desc-confounds_timeseries.tsv`` from the realigned BOLD series, the motion parameters of
 motion correction and the (eroded) white-matter and CSF masks of the T1w segmentation, so that
-the table can be read by :func:`neuroscale.analysis.confounds.load_confounds`, by nilearn's
+the table can be read by :func:`neuroscale.bids.confounds.load_confounds`, by nilearn's
 ``load_confounds`` and by XCP-D.
 
 Out of core
