@@ -10,6 +10,7 @@ import hashlib
 import tracemalloc
 from pathlib import Path
 
+import dask.config
 import nibabel as nib
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def test_ingest_memory_does_not_grow_with_the_run(
     grid = (32, 32, 32)  # 64 KiB int16 volumes; 8 volumes per 512 KiB stream block
     block = 512 * 2**10
     monkeypatch.setattr(zc, "STREAM_BLOCK_BYTES", block)
-    monkeypatch.setattr(zc, "COMPRESS", compress)
+    monkeypatch.setitem(dask.config.config.setdefault("neuroscale", {}), "compress", compress)
     import isal.igzip  # noqa: F401  (imports are not the ingest's memory)
     from zarr.codecs import BloscCodec  # noqa: F401
 

@@ -41,8 +41,8 @@ def test_series_from_store_equals_nibabel(run: tuple[Path, Path, np.ndarray],
     """Reading each slab in one or many time blocks, through zarr or straight from the shards,
     gives nibabel's scaled values."""
     path, cache, mask = run
-    monkeypatch.setattr(image_mod, "READ_BLOCK_BYTES", read_block_bytes)
-    monkeypatch.setattr(image_mod, "DIRECT_READS", direct)
+    monkeypatch.setitem(dask.config.config.setdefault("neuroscale", {}), "read-block-bytes", read_block_bytes)
+    monkeypatch.setitem(dask.config.config["neuroscale"], "direct-reads", direct)
     img = open_image(path, cache_dir=cache)
     series = img.to_series(mask)
     # one chunk per stored x-slab holding in-mask voxels, all time points in each
@@ -76,7 +76,7 @@ def test_to_zarr_round_trip_keeps_values_and_slab_chunks(
     path, cache, mask = run
     series = open_image(path, cache_dir=cache).to_series(mask)
     # narrow stored chunks: several per slab for this small run
-    monkeypatch.setattr(image_mod, "SERIES_STORE_CHUNK_BYTES", 90 * 4 * 100)
+    monkeypatch.setitem(dask.config.config.setdefault("neuroscale", {}), "series-store-chunk-bytes", 90 * 4 * 100)
     back = series.to_zarr(tmp_path / "den.zarr")
     assert back.data.chunks == series.data.chunks
     stored = zarr.open_array(str(tmp_path / "den.zarr"), mode="r")
@@ -92,8 +92,8 @@ def test_to_zarr_holds_a_few_chunks_not_the_run(tmp_path: Path,
     """Reading, masking and writing a Series: the traced peak is about two slab chunks (the
     one being split into stored chunks and its neighbour), with small reads and writes, not
     the run (synchronous scheduler: one task at a time)."""
-    monkeypatch.setattr(image_mod, "READ_BLOCK_BYTES", 2**18)
-    monkeypatch.setattr(image_mod, "SERIES_STORE_CHUNK_BYTES", 2**18)
+    monkeypatch.setitem(dask.config.config.setdefault("neuroscale", {}), "read-block-bytes", 2**18)
+    monkeypatch.setitem(dask.config.config["neuroscale"], "series-store-chunk-bytes", 2**18)
     path = tmp_path / "big_bold.nii.gz"
     truth = write_synthetic_bold(path, shape=(48, 40, 30, 150), seed=4)
     # a working copy in shards of 10 volumes (as an HCP-sized run gets 18), so that a slab

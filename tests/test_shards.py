@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dask.config
 import numpy as np
 import pytest
 import zarr
@@ -159,7 +160,7 @@ def test_ingest_writes_what_zarr_writes(tmp_path: Path, dtype: str,
     nib.save(nib.Nifti1Image(data, np.eye(4)), nii)
     stores = {}
     for direct in (True, False):
-        monkeypatch.setattr(zc, "DIRECT_WRITES", direct)
+        monkeypatch.setitem(dask.config.config.setdefault("neuroscale", {}), "direct-writes", direct)
         stores[direct] = zc.ingest_nifti(nii, tmp_path / f"cache-{direct}", t_chunk=5, x_chunk=3)
     got = {d: np.asarray(zarr.open_array(str(s), path="data", mode="r")[:])
            for d, s in stores.items()}
@@ -201,11 +202,10 @@ def test_series_store_round_trip(tmp_path: Path, direct: bool,
     and read_series_store gives it back in any column chunks, written either way."""
     import dask.array as da
 
-    import neuroscale.image as image_mod
     from neuroscale.image import read_series_store, store_series
 
-    monkeypatch.setattr(image_mod, "SERIES_STORE_CHUNK_BYTES", 4 * 17 * 10)  # 10 columns
-    monkeypatch.setattr(image_mod, "DIRECT_WRITES", direct)
+    monkeypatch.setitem(dask.config.config.setdefault("neuroscale", {}), "series-store-chunk-bytes", 4 * 17 * 10)  # 10 columns
+    monkeypatch.setitem(dask.config.config["neuroscale"], "direct-writes", direct)
     rng = np.random.default_rng(5)
     values = rng.normal(size=(17, 93)).astype(np.float32)
     values[:, 20:30] = 0  # a chunk of fill values

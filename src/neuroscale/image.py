@@ -29,6 +29,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from neuroscale import settings
 from neuroscale.errors import AnalysisError, ImageFormatError, MissingMetadataError
 
 __all__ = [
@@ -53,8 +54,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 #: time (8.8 s -> 6.5 s wall with 32 MiB, peak RSS 0.36 -> 0.37 GB).  In this process only:
 #: in Dask workers the memory kept on the heap counts as unmanaged and can pause a worker
 #: for good (seen: 800 MB worker, 0.66 GB unmanaged, the run deadlocked), so workers keep
-#: the nanny's setting.
-MMAP_THRESHOLD_BYTES = 32 * 2**20
+#: the nanny's setting.  The ``neuroscale.mmap-threshold-bytes`` setting
+#: (:mod:`neuroscale.settings`).
 
 
 def limit_heap_retention() -> bool:
@@ -66,7 +67,7 @@ def limit_heap_retention() -> bool:
     live data: 1.06-1.09 GB instead of 0.69 GB for the benchmark's masking + cleaning of a
     91 x 109 x 91 x 1200 run (``benchmarks/``).  This caps the arenas at 2 and trims free
     memory above 1 MiB at the top of a heap, as Dask does for its workers with
-    ``MALLOC_TRIM_THRESHOLD_``, and keeps blocks below :data:`MMAP_THRESHOLD_BYTES` on the
+    ``MALLOC_TRIM_THRESHOLD_``, and keeps blocks below ``neuroscale.mmap-threshold-bytes`` on the
     heap (reused, not faulted in again).  Called by :func:`open_image` for 4D images; a no-op where
     the C library is not glibc, or when ``NEUROSCALE_MALLOC_TUNING=0``.
 
@@ -88,7 +89,7 @@ def limit_heap_retention() -> bool:
         libc = ctypes.CDLL("libc.so.6")
         ok = (bool(libc.mallopt(_M_ARENA_MAX, 2))
               and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**20))
-              and bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)))
+              and bool(libc.mallopt(_M_MMAP_THRESHOLD, settings.get("mmap-threshold-bytes"))))
     except (OSError, AttributeError):
         return False
     _MALLOC_TUNED = ok
@@ -106,18 +107,12 @@ def _slab_bounds(x_chunks: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
 
 #: Volumes masked at a time inside :func:`_mask_slab` (bounds its raw-dtype temporary).
 _MASK_ROWS = 64
-#: Largest raw read inside :func:`_read_masked_slab`, bytes (a slab is read in a few even
-#: time blocks: fewer Zarr calls cost less CPU, smaller blocks less memory).
-READ_BLOCK_BYTES = 16 * 2**20
-#: Read the working copy's shards directly (:mod:`neuroscale.io.shards`) where its layout
-#: allows, rather than through zarr-python's per-chunk path (False: always through zarr).
-DIRECT_READS = True
-#: Write Series stores' chunks directly (:class:`neuroscale.io.shards.ColumnChunkedArray`)
-#: rather than through zarr-python (False: through zarr; the same store either way).
-DIRECT_WRITES = True
-
-#: Target size of one stored chunk when a Series is written to Zarr (float32), bytes.
-SERIES_STORE_CHUNK_BYTES = 4 * 2**20
+# Tunables (neuroscale.settings, one validated section of the Dask config that workers see):
+# read-block-bytes, the largest raw read inside _read_masked_slab (a slab is read in a few
+# even time blocks: fewer Zarr calls cost less CPU, smaller blocks less memory);
+# direct-reads / direct-writes, the working copy's shards and Series stores read and written
+# by neuroscale.io.shards where their layout allows (false: through zarr-python, the same
+# store either way); series-store-chunk-bytes, one stored chunk of a written Series.
 
 
 def _mask_slab(block: np.ndarray, mask_slab: np.ndarray, slope: float, inter: float) -> np.ndarray:
@@ -145,7 +140,7 @@ def _read_masked_slab(store: str, a: int, b: int, mask_slab: np.ndarray, slope: 
 
     The Zarr ``data`` array (t, x, y, z) is read ``t_block`` volumes at a time straight into
     the ``(t, n_in_mask)`` output, so a task holds its output plus one small raw block
-    (:data:`READ_BLOCK_BYTES`) rather than the whole raw slab and its copies.
+    (``neuroscale.read-block-bytes``) rather than the whole raw slab and its copies.
 
     Parameters
     ----------
@@ -168,7 +163,10 @@ def _read_masked_slab(store: str, a: int, b: int, mask_slab: np.ndarray, slope: 
 
     from neuroscale.io.shards import ShardedArray
 
-    direct = ShardedArray.open(Path(store) / "data") if DIRECT_READS else None
+    reads = settings.get("direct-reads")
+    direct = ShardedArray.open(Path(store) / "data") if reads else None
+    if direct is None and reads:
+        settings.log_fallback_once("working-copy reads", store)
     arr: Any = direct if direct is not None else zarr.open_array(store, path="data", mode="r")
     nt = int(arr.shape[0])
     sel = np.flatnonzero(mask_slab.reshape(-1))
@@ -365,8 +363,8 @@ class Image:
             if count == 0:
                 continue
             per_t = (b - a) * int(np.prod(base.shape[2:])) * base.dtype.itemsize
-            # as few reads as fit READ_BLOCK_BYTES, of even size, in whole stored time chunks
-            n_reads = max(1, -(-nt * per_t // READ_BLOCK_BYTES))
+            # as few reads as fit read-block-bytes, of even size, in whole stored time chunks
+            n_reads = max(1, -(-nt * per_t // settings.get("read-block-bytes")))
             t_block = t_stored * max(1, -(-nt // (n_reads * t_stored)))
             blocks.append(
                 da.map_blocks(
@@ -543,8 +541,10 @@ class Series:
 
 
 def series_store_width(n_timepoints: int, n_voxels: int) -> int:
-    """Voxel columns per stored chunk of a written Series (:data:`SERIES_STORE_CHUNK_BYTES`)."""
-    return int(max(1, min(n_voxels, SERIES_STORE_CHUNK_BYTES // max(1, 4 * n_timepoints))))
+    """Voxel columns per stored chunk of a written Series (``neuroscale.series-store-chunk-
+    bytes``)."""
+    budget = settings.get("series-store-chunk-bytes")
+    return int(max(1, min(n_voxels, budget // max(1, 4 * n_timepoints))))
 
 
 def store_series(data: da.Array, path: str | Path, *, compute: bool = True) -> Any:
@@ -553,14 +553,14 @@ def store_series(data: da.Array, path: str | Path, *, compute: bool = True) -> A
     Zarr needs regular chunks, and a Series' x-slab chunks are not.  Rather than evening them
     out to the widest slab (a 20-25 MB float32 chunk per task for an HCP-sized run, with the
     compressor's copy of it), the data are stored in chunks of all time points by
-    :func:`series_store_width` voxels (about :data:`SERIES_STORE_CHUNK_BYTES`): each slab is
+    :func:`series_store_width` voxels (about ``neuroscale.series-store-chunk-bytes``): each slab is
     split into a few small writes as soon as it is computed, which keeps the writer's memory
     small.  Read it back with :func:`read_series_store` (or ``da.from_zarr(path,
     chunks=series.data.chunks)``) to get the slab chunks again.  Compression: blosc-lz4 with
     byte shuffle, then a crc32c per chunk (as the working copy).  The chunks are written by
     :class:`neuroscale.io.shards.ColumnChunkedArray` (zarr-python writes the metadata and
     reads the chunks; its own per-chunk write path costs several times the CPU) unless
-    :data:`DIRECT_WRITES` is off.
+    ``neuroscale.direct-writes`` is off.
 
     Parameters
     ----------
@@ -592,7 +592,10 @@ def store_series(data: da.Array, path: str | Path, *, compute: bool = True) -> A
         fill_value=0,
         zarr_format=3, overwrite=True,
     )
-    direct = ColumnChunkedArray.open(path) if DIRECT_WRITES else None
+    writes = settings.get("direct-writes")
+    direct = ColumnChunkedArray.open(path) if writes else None
+    if direct is None and writes:
+        settings.log_fallback_once("Series store writes", path)
     if direct is None:
         # method="tasks": neighbouring slabs are split and merged locally (never a shuffle,
         # so never distributed's p2p rechunk, and no import of distributed in a plain process)
@@ -723,7 +726,10 @@ def read_series_store(path: str | Path, chunks: tuple[tuple[int, ...], tuple[int
     """
     from neuroscale.io.shards import ColumnChunkedArray
 
-    store = ColumnChunkedArray.open(path) if DIRECT_READS else None
+    reads = settings.get("direct-reads")
+    store = ColumnChunkedArray.open(path) if reads else None
+    if store is None and reads:
+        settings.log_fallback_once("Series store reads", path)
     if store is None:
         lazy: da.Array = da.from_zarr(str(path), chunks=chunks)
         return lazy

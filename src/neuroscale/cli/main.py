@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -274,8 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")  # numpy#19685, see PERFORMANCE.md
+    # OPENBLAS_CORETYPE is the user's to set (numpy#19685 is avoided in the code: correlations
+    # are float32 GEMMs on z-scored tiles, never np.corrcoef on large arrays); setting it here
+    # made the CLI's workers round differently from the Python API's
     try:
+        from neuroscale import settings
+
+        settings.validate()  # a mistyped setting stops here, in one line
         return _run_app(args)
     except NeuroscaleError as exc:
         print(f"neuroscale: error: {exc}", file=sys.stderr)

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from neuroscale.compute.config import ClusterProfile, resolve_profile
+from neuroscale.compute.config import ClusterProfile, parse_adaptive, parse_memory, resolve_profile
 from neuroscale.errors import ComputeError, ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -46,26 +46,6 @@ def _total_memory() -> int:
         return int(psutil.virtual_memory().total)
     except ImportError:  # pragma: no cover
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-def parse_memory(value: str | int | None) -> int | None:
-    """Parse ``"2GB"``, ``"512MiB"`` or a number of bytes; None stays None.
-
-    Raises
-    ------
-    ConfigurationError
-        The text is not a memory size.
-    """
-    if value is None or value == "auto":
-        return None
-    if isinstance(value, int):
-        return value
-    from dask.utils import parse_bytes
-
-    try:
-        return int(parse_bytes(value))
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"invalid memory size {value!r} (e.g. 2GB, 512MiB)") from exc
 
 
 _BATCH_FLAGS = ("queue", "account", "cores", "memory", "walltime", "jobs", "adaptive")
@@ -216,7 +196,6 @@ def parse_adaptive_flag(value: str | tuple[int, int] | None) -> tuple[int, int] 
     """
     if value is None:
         return None
-    from neuroscale.compute.config import parse_adaptive
 
     return parse_adaptive(value, key="--adaptive")
 

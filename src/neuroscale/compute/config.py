@@ -149,6 +149,26 @@ _BATCH_ONLY = ("queue", "account", "cores", "memory", "processes", "walltime", "
 _LOCAL_ONLY = ("n_workers", "threads_per_worker", "memory_limit")
 
 
+def parse_memory(value: str | int | None) -> int | None:
+    """Parse ``"2GB"``, ``"512MiB"`` or a number of bytes; None stays None.
+
+    Raises
+    ------
+    ConfigurationError
+        The text is not a memory size.
+    """
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, int):
+        return value
+    from dask.utils import parse_bytes
+
+    try:
+        return int(parse_bytes(value))
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"invalid memory size {value!r} (e.g. 2GB, 512MiB)") from exc
+
+
 def parse_adaptive(value: Any, *, key: str = "adaptive") -> tuple[int, int]:
     """Parse adaptive bounds ``"MIN:MAX"`` (or a 2-list) into ``(min_jobs, max_jobs)``.
 
@@ -243,8 +263,6 @@ def profile_from_mapping(name: str, raw: Mapping[str, Any], *,
                 f"{at(key.replace('_', '-'))}: does not apply to a {kind} cluster")
     for key in ("memory", "memory_limit"):
         if key in values:
-            from neuroscale.compute.cluster import parse_memory
-
             try:
                 parse_memory(values[key])
             except ConfigurationError as exc:

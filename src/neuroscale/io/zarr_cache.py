@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from neuroscale import settings
 from neuroscale.errors import CorruptedFileError, ImageFormatError, TruncatedDataError
 from neuroscale.io.atomic import atomic_path
 from neuroscale.io.nifti import NiftiInfo, read_nifti_info
@@ -72,20 +73,18 @@ STORE_CHUNK_BYTES = 8 * 2**20
 STREAM_BLOCK_BYTES = 32 * 2**20
 #: Decoded blocks in flight between the decoder thread and the writer (a recycled ring).
 N_STREAM_BUFFERS = 3
-#: Compress the working copy's chunks (blosc-lz4 + byte shuffle) or store them raw.
-COMPRESS = True
 _HASH_READ_BYTES = 4 * 2**20
 #: Bytes inflated per ``readinto`` call of the decoder (isal's own read buffer size).
 _DECODE_STEP = 512 * 2**10
-#: Write the shards directly (:meth:`neuroscale.io.shards.ShardedArray.write_shard`) rather
-#: than through zarr-python (False: through zarr; same store either way).
-DIRECT_WRITES = True
+# Settings read here (neuroscale.settings): compress (blosc-lz4 + byte shuffle, or raw
+# chunks) and direct-writes (the shards written by ShardedArray.write_shard rather than
+# through zarr-python; the same store either way).
 
 
 def _compressors() -> Any:
     from zarr.codecs import BloscCodec, Crc32cCodec
 
-    if not COMPRESS:
+    if not settings.get("compress"):
         return [Crc32cCodec()]
     return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()]
 
@@ -361,7 +360,10 @@ def ingest_nifti(
             # shards written here, not through zarr-python (whose per-chunk pipeline cost
             # ~13 CPU s for an HCP-sized run and was the ingest's critical path): zarr
             # wrote the metadata above and reads the shards back (see neuroscale.io.shards)
-            direct = ShardedArray.open(tmp / "data") if DIRECT_WRITES else None
+            writes = settings.get("direct-writes")
+            direct = ShardedArray.open(tmp / "data") if writes else None
+            if direct is None and writes:
+                settings.log_fallback_once("working-copy writes", tmp)
             # (t, x, y, z), x padded to whole inner chunks; volumes past the end stay 0
             ordered = np.zeros((t_chunk, n_inner * x_chunk, ny, nz), dtype=dtype)
             piece = np.zeros((t_chunk, x_chunk, ny, nz), dtype=dtype)
