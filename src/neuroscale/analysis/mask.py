@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from neuroscale.errors import AnalysisError, ImageFormatError
-from neuroscale.image import Image
+from neuroscale.image import Image, open_image
 
 __all__ = ["compute_brain_mask", "load_mask", "require_signal"]
 
@@ -127,7 +127,6 @@ def load_mask(path: str | Path, image: Image) -> np.ndarray:
         The data are constant over time (:func:`require_signal`), or the mask is empty (after
         leaving out the voxels that held NaN/Inf in the run).
     """
-    from neuroscale.image import open_image
 
     require_signal(image)
     mask_image = open_image(path)

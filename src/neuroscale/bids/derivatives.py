@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from neuroscale import __version__
 from neuroscale.bids.layout import ENTITY_ALIASES, INDEX_ENTITIES
 from neuroscale.errors import ConfigurationError, InputNotFoundError
 from neuroscale.io.atomic import atomic_write_text
@@ -397,7 +398,7 @@ def write_dataset_description(
     (required when ``bids:<name>:`` URIs are used, as the provenance sidecars do).
     """
     if version is None:
-        from neuroscale import __version__ as version
+        version = __version__
     sources = _source_mapping(source_dirs)
     if commit is True:
         commit = code_commit()

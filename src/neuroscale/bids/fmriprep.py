@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neuroscale.bids.confounds import find_confounds_file
 from neuroscale.bids.layout import INDEX_ENTITIES, BoldRun, parse_bids_name
-from neuroscale.errors import BIDSError, ConfigurationError, InputNotFoundError
+from neuroscale.errors import AnalysisError, BIDSError, ConfigurationError, InputNotFoundError
 
 __all__ = [
     "DEFAULT_SPACES",
@@ -327,8 +328,6 @@ def find_fmriprep_bold(fmriprep_dir: str | Path, run: BoldRun, *,
         raise BIDSError(f"fMRIPrep's brain mask (desc-brain_mask) for {bold.name} is missing "
                         f"{where}")
     boldref = _companion(folder, ent, None, "boldref")
-    from neuroscale.bids.confounds import find_confounds_file
-    from neuroscale.errors import AnalysisError
 
     try:
         confounds = find_confounds_file(bold)

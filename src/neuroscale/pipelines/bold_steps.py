@@ -45,6 +45,13 @@ from neuroscale.pipelines.steps import (
     Step,
     StepPlan,
 )
+from neuroscale.preproc.confounds import (
+    MOTION_COLUMNS,
+    confound_signals,
+    confounds_table,
+    write_confounds_tsv,
+)
+from neuroscale.provenance import provenance_hash
 
 __all__ = ["PARCEL_SIGNAL", "RunState", "bold_run_steps"]
 
@@ -170,7 +177,6 @@ class RunState:
     @property
     def den_hash(self) -> str:
         """Provenance hash of the denoised store (in its ``_provenance_hash`` file)."""
-        from neuroscale.provenance import provenance_hash
 
         shas = [s[2] for s in self.record.sources] + self.input_sha256
         return str(provenance_hash(shas, self.den_params))
@@ -234,7 +240,6 @@ def _keep_carpet(state: RunState, value: Any) -> None:
 
 
 def _confound_signals(state: RunState) -> Any:
-    from neuroscale.preproc.confounds import confound_signals
 
     return confound_signals(state.raw, state.tissue, t_r=state.t_r)
 
@@ -336,7 +341,6 @@ def _write_tsnr(state: RunState, computed: dict[str, Any], plan: StepPlan) -> No
 
 
 def _write_confounds(state: RunState, computed: dict[str, Any], plan: StepPlan) -> None:
-    from neuroscale.preproc.confounds import MOTION_COLUMNS, confounds_table, write_confounds_tsv
 
     n = state.image.n_volumes
     if state.motion_params is not None and state.fd is not None:

@@ -13,7 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from neuroscale import __version__
+from neuroscale.analysis.connectivity import fisher_z, write_relmat_tsv
 from neuroscale.errors import BIDSError
+from neuroscale.io.atomic import atomic_write_text
+from neuroscale.report import write_group_report
 
 __all__ = ["GroupResult", "robust_z", "run_group"]
 
@@ -80,8 +84,6 @@ def run_group(out_dir: str | Path) -> GroupResult:
     BIDSError
         No participant-level QC file found (run the participant level first).
     """
-    from neuroscale.analysis.connectivity import fisher_z, write_relmat_tsv
-    from neuroscale.io.atomic import atomic_write_text
 
     out_dir = Path(out_dir)
     qc_files = sorted(out_dir.glob("sub-*/**/*_desc-qc_bold.json"))
@@ -129,8 +131,6 @@ def run_group(out_dir: str | Path) -> GroupResult:
         group_mats[atlas] = (mean, names)
     report = None
     try:
-        from neuroscale import __version__
-        from neuroscale.report import write_group_report
 
         report = write_group_report(out_dir / "group.html", table, group_mats,
                                     software_version=__version__)

@@ -32,6 +32,7 @@ import numpy as np
 from neuroscale import __version__
 from neuroscale.bids.confounds import load_confounds, load_strategy_file
 from neuroscale.bids.derivatives import write_dataset_description
+from neuroscale.bids.fmriprep import find_fmriprep_bold
 from neuroscale.bids.layout import find_bold_runs
 from neuroscale.compute.cluster import compute_error, describe_failure, is_cluster_failure
 from neuroscale.compute.logs import current_log_file
@@ -368,7 +369,6 @@ def run_participant(
     validate_config(config)
     if "fmriprep" in config.derivatives:
         # every run must have its fMRIPrep counterpart before anything is written
-        from neuroscale.bids.fmriprep import find_fmriprep_bold
 
         for run in runs:
             find_fmriprep_bold(Path(config.derivatives["fmriprep"]), run)

@@ -9,6 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from neuroscale import __version__
+from neuroscale.preproc.registration import plot_anat_registration, plot_boldref_registration
+from neuroscale.report import ConnectivityMatrix, RunReport, write_subject_report
+
 __all__ = ["build_run_report", "write_participant_reports"]
 
 _TRACE_KEYS = {
@@ -50,7 +54,6 @@ def build_run_report(outcome: Any, report_dir: Path) -> Any:
     import nibabel as nib
     import pandas as pd
 
-    from neuroscale.report import ConnectivityMatrix, RunReport
 
     outputs: dict[str, Path] = outcome.outputs
     qc_doc = json.loads(outputs["qc"].read_text()) if "qc" in outputs else {}
@@ -85,10 +88,6 @@ def build_run_report(outcome: Any, report_dir: Path) -> Any:
     extra = []
     anat = getattr(outcome, "anat", None)
     if anat is not None and getattr(anat, "result", None) is not None:
-        from neuroscale.preproc.registration import (
-            plot_anat_registration,
-            plot_boldref_registration,
-        )
 
         result = anat.result
         extra.append((
@@ -146,8 +145,6 @@ def write_participant_reports(out_dir: Path, outcomes: list[Any], *, config_dict
     list of Path
         The pages written.
     """
-    from neuroscale import __version__
-    from neuroscale.report import write_subject_report
 
     by_subject: dict[str, list[Any]] = {}
     for outcome in outcomes:

@@ -26,6 +26,7 @@ from neuroscale.analysis import parcellate
 from neuroscale.analysis.denoise import censoring_mask
 from neuroscale.analysis.mask import compute_brain_mask, load_mask, require_signal
 from neuroscale.bids.confounds import find_confounds_file, load_confounds, read_confounds_tsv
+from neuroscale.bids.fmriprep import find_fmriprep_bold
 from neuroscale.bids.layout import find_t1w
 from neuroscale.compute.determinism import pinned_call
 from neuroscale.errors import AnalysisError, MissingMetadataError, NeuroscaleError
@@ -34,6 +35,9 @@ from neuroscale.io.nifti import NiftiInfo, read_nifti_info, save_nifti
 from neuroscale.io.zarr_cache import ingest_nifti
 from neuroscale.kernels.qc import nonsteady_count
 from neuroscale.pipelines.steps import Derivative, RunRecord, Source
+from neuroscale.preproc import motion
+from neuroscale.preproc import registration as reg_mod
+from neuroscale.preproc.anat import process_anat, transform_sha256
 from neuroscale.provenance import provenance_hash, sha256_file
 
 log = logging.getLogger(__name__)
@@ -141,7 +145,6 @@ def prepare_anatomy(bids_dir: Path, subject: str, session: str | None, out_dir: 
             f"sub-{subject} has no T1w image: EPI-only processing (no registration to "
             "MNI152NLin2009cAsym; MNI-space atlases are not used; tissue confounds "
             "(WM, CSF, aCompCor) are not available)"])
-    from neuroscale.preproc.anat import process_anat, transform_sha256  # ANTs: heavy
 
     template = Path(config.template) if config.template else default_template()
     work = Path(config.work_dir or out_dir / "work").resolve() / "anat" / f"sub-{subject}"
@@ -211,7 +214,6 @@ def motion_correction(image: Any, record: RunRecord, run_work: Path, client: Any
     hmc_params : dict
         What enters the provenance of everything downstream.
     """
-    from neuroscale.preproc import motion  # ANTs: heavy
 
     store = run_work / "realigned.zarr"
     n_dummy = _nonsteady_volumes(image, client)
@@ -274,7 +276,6 @@ def register_run(anat: AnatomicalContext, mean_volume: np.ndarray, mask: np.ndar
     shas : list of str
         Checksum of the boldref -> T1w transform.
     """
-    from neuroscale.preproc import registration as reg_mod  # ANTs: heavy
     xfm = record.path(**{"from": "boldref", "to": "T1w"}, mode="image", suffix="xfm",
                       extension=".txt")
     args = (mean_volume, np.asarray(image.affine), anat.result, xfm)
@@ -314,14 +315,12 @@ def resolve_atlases(config: Any, anat: AnatomicalContext, registration: Any, fmr
     InputNotFoundError, ImageFormatError
         From the atlas loaders (missing file, not 3D).
     """
-    from neuroscale.analysis import parcellate
     out: list[tuple[Any, str, str]] = []
     for atlas_path in config.atlases:
         atlas_path = Path(atlas_path)
         sha = str(sha256_file(atlas_path))
         in_bold_space = getattr(config, "atlas_space", None) == "bold"
         if registration is not None and anat.result is not None and not in_bold_space:
-            from neuroscale.preproc import registration as reg_mod  # ANTs: heavy
 
             atlas = reg_mod.atlas_to_bold(atlas_path, np.asarray(image.affine),
                                           tuple(image.shape[:3]), anat.result, registration)
@@ -456,7 +455,6 @@ def open_bold(run: Any, config: Any, cache_root: Path, client: Any) -> BoldInput
     """
     fmriprep = None
     if "fmriprep" in config.derivatives:
-        from neuroscale.bids.fmriprep import find_fmriprep_bold
 
         fmriprep = find_fmriprep_bold(Path(config.derivatives["fmriprep"]), run)
     bold = Path(fmriprep.preproc_bold if fmriprep is not None else run.path)

@@ -44,6 +44,7 @@ from typing import Any, Generic, TypeVar
 
 from neuroscale import __version__
 from neuroscale.bids.derivatives import derivative_path
+from neuroscale.compute.cluster import compute_error, compute_with_progress
 from neuroscale.errors import NeuroscaleError
 from neuroscale.provenance import is_up_to_date, provenance_hash, write_provenance
 
@@ -508,7 +509,6 @@ def compute_named(client: Any, lazy: dict[str, Any], *, label: str, progress: bo
     dict of str to object
         The same keys and nesting, with computed values.
     """
-    from neuroscale.compute.cluster import compute_with_progress
 
     flat: list[tuple[tuple[str, Any], Any]] = []
     for key, value in lazy.items():
@@ -547,6 +547,5 @@ def compute_phase(client: Any, lazy: dict[str, Any], *, label: str, step: str, r
     except NeuroscaleError:
         raise
     except Exception as exc:
-        from neuroscale.compute.cluster import compute_error
 
         raise compute_error(exc, step=step, run=run) from exc

@@ -64,13 +64,17 @@ from typing import Any
 
 import numpy as np
 
+from neuroscale.bids.derivatives import derivative_name
+from neuroscale.compute.determinism import ANTS_SEED, ITK_THREADS, pin_itk
 from neuroscale.errors import ImageFormatError, NeuroscaleError, RegistrationError
 from neuroscale.io.atomic import atomic_path
+from neuroscale.io.nifti import read_nifti_info, save_nifti
 from neuroscale.provenance import (
     is_up_to_date,
     provenance_hash,
     read_provenance,
     sha256_file,
+    sidecar_path,
     write_provenance,
 )
 
@@ -231,7 +235,6 @@ def read_3d_ants(path: str | Path, what: str) -> Any:
     """
     import nibabel as nib
 
-    from neuroscale.io.nifti import read_nifti_info
 
     info = read_nifti_info(path)
     shape = tuple(info.shape)
@@ -247,7 +250,6 @@ def read_3d_ants(path: str | Path, what: str) -> Any:
 
 
 def _save(img: Any, path: Path, dtype: Any) -> None:
-    from neuroscale.io.nifti import save_nifti
 
     data, aff = ants_to_array(img)
     save_nifti(data, aff, path, dtype=dtype)
@@ -310,7 +312,6 @@ class AnatResult:
 
 
 def _names(anat_out_dir: Path, subject: str, session: str | None) -> dict[str, Path]:
-    from neuroscale.bids.derivatives import derivative_name
 
     ents: dict[str, Any] = {"sub": subject}
     if session:
@@ -352,7 +353,6 @@ def _result(subject: str, t1w: Path, template: Path, paths: dict[str, Path], dic
 def _determinism_params() -> dict[str, Any]:
     """What makes ANTs reproducible, recorded in the parameters (see
     :mod:`neuroscale.compute.determinism`)."""
-    from neuroscale.compute.determinism import ANTS_SEED, ITK_THREADS
 
     return {"ITKThreads": ITK_THREADS, "ANTsRandomSeed": ANTS_SEED, "AtroposRandomSeed": "constant"}
 
@@ -376,7 +376,6 @@ def _compute(t1w: Path, template: Path, tmp: Path, resolution_mm: float,
              syn_iterations: tuple[int, ...], paths: dict[str, Path],
              log: Callable[[str, float], None]) -> tuple[float, dict]:
     """Run steps 1-6 into ``tmp``; return the Dice value and diagnostics (no output written)."""
-    from neuroscale.compute.determinism import pin_itk
 
     pin_itk()  # one ITK thread, seeded sampling: the same result in any process
     import ants
@@ -515,7 +514,6 @@ def process_anat(
     t1w, template = Path(t1w), Path(template)
     anat_out_dir, work_dir = Path(anat_out_dir), Path(work_dir)
     # validate both images before anything else (cheap: headers only)
-    from neuroscale.io.nifti import read_nifti_info
 
     for path, what in ((t1w, "the T1w"), (template, "the template")):
         shape = tuple(read_nifti_info(path).shape)
@@ -583,7 +581,6 @@ def process_anat(
         anat_out_dir.mkdir(parents=True, exist_ok=True)
         for key, final in paths.items():
             # the old sidecar goes first, so a crash never pairs a new file with an old record
-            from neuroscale.provenance import sidecar_path
 
             sidecar_path(final).unlink(missing_ok=True)
             with atomic_path(final) as dest:

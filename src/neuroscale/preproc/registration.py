@@ -35,8 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from neuroscale.analysis.parcellate import Atlas, load_atlas
+from neuroscale.compute.determinism import ANTS_SEED, ITK_THREADS, pin_itk
 from neuroscale.errors import AnalysisError, ImageFormatError, RegistrationError
 from neuroscale.io.atomic import atomic_path
+from neuroscale.io.nifti import read_nifti_info
 from neuroscale.preproc.anat import (
     TEMPLATE_SPACE,
     AnatResult,
@@ -53,6 +56,7 @@ from neuroscale.provenance import (
     sidecar_path,
     write_provenance,
 )
+from neuroscale.report.registration import plot_registration
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -184,7 +188,6 @@ def register_boldref(
     the transform's sidecar records the same inputs (sha256 of the boldref array and affine,
     of the T1w derivatives) and parameters.
     """
-    from neuroscale.compute.determinism import ANTS_SEED, ITK_THREADS, pin_itk
 
     pin_itk()
     import ants
@@ -291,7 +294,6 @@ def resample_to_grid(
     -------
     ndarray, shape target_shape[:3], float32
     """
-    from neuroscale.compute.determinism import pin_itk
 
     pin_itk()
     import ants
@@ -355,10 +357,8 @@ def atlas_to_bold(
     """
     import nibabel as nib
 
-    from neuroscale.analysis.parcellate import Atlas, load_atlas
 
     atlas_path = Path(atlas_path)
-    from neuroscale.io.nifti import read_nifti_info
 
     info = read_nifti_info(atlas_path)
     # validation, label values and names: load_atlas onto the atlas's own grid (identity)
@@ -411,7 +411,6 @@ def tissue_masks_to_bold(
         interpolated linearly onto the BOLD grid and thresholded at ``threshold``.
         ``"brain"``: the T1w brain mask on the BOLD grid (nearest neighbour).
     """
-    from neuroscale.compute.determinism import pin_itk
 
     pin_itk()
     import ants
@@ -489,12 +488,10 @@ def plot_boldref_registration(boldref: np.ndarray, bold_affine: np.ndarray, anat
     matplotlib.figure.Figure
         See :func:`neuroscale.report.registration.plot_registration`.
     """
-    from neuroscale.compute.determinism import pin_itk
 
     pin_itk()
     import ants
 
-    from neuroscale.report.registration import plot_registration
 
     dseg = ants.image_read(str(anat.dseg))
     moved = ants.apply_transforms(dseg, array_to_ants(np.asarray(boldref, np.float32),
@@ -517,12 +514,10 @@ def plot_anat_registration(anat: AnatResult, *, title: str = "") -> Figure:
         The brain-extracted T1w after the SyN in grey; the template's GM/WM boundary (Otsu
         level) in red and its brain mask outline in yellow.
     """
-    from neuroscale.compute.determinism import pin_itk
 
     pin_itk()
     import ants
 
-    from neuroscale.report.registration import plot_registration
 
     tpl = read_3d_ants(anat.template, "the template")
     t1 = ants.image_read(str(anat.preproc_t1w))
