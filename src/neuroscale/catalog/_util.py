@@ -19,19 +19,50 @@ SQL_CHUNK = 500
 
 
 def table(model: Any) -> Table:
-    """The Core table of a mapped class (for bulk inserts and updates)."""
+    """The Core table of a mapped class (for bulk inserts and updates).
+
+    Parameters
+    ----------
+    model : type
+        A class of :mod:`neuroscale.catalog.models`.
+
+    Returns
+    -------
+    Table
+    """
     out: Table = model.__table__
     return out
 
 
 def chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
-    """Consecutive slices of ``seq`` of at most ``n`` items."""
+    """Consecutive slices of ``seq`` of at most ``n`` items.
+
+    Parameters
+    ----------
+    seq : sequence
+    n : int
+
+    Returns
+    -------
+    iterator of sequence
+    """
     for k in range(0, len(seq), n):
         yield seq[k : k + n]
 
 
 def aware(value: dt.datetime | None, what: str) -> dt.datetime | None:
     """``value`` checked to be a timezone-aware datetime (or None).
+
+    Parameters
+    ----------
+    value : datetime or None
+    what : str
+        Its name, for the message.
+
+    Returns
+    -------
+    datetime or None
+        ``value``.
 
     Raises
     ------

@@ -353,6 +353,13 @@ class Catalog(AdminMethods):
         -------
         list of str
             Sorted.
+
+        Raises
+        ------
+        CatalogPermissionError
+            The caller is not registered and has no ticket.
+        TicketError
+            The ticket is unknown, revoked, expired or used up.
         """
         return objects.collections(self)
 

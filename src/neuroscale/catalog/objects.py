@@ -104,6 +104,13 @@ def collections(ctx: Context) -> list[str]:
     -------
     list of str
         Sorted.
+
+    Raises
+    ------
+    CatalogPermissionError
+        The caller is not registered and has no ticket.
+    TicketError
+        The ticket is unknown, revoked, expired or used up.
     """
     with ctx.sessions() as s, s.begin():
         levels = permissions.caller_levels(ctx, s)
