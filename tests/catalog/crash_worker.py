@@ -44,13 +44,13 @@ def ingest_forever(url: str, src: str, seed: int, ready: Any) -> None:
 
 def crash_at(url: str, src: str, point: str, ready: Any) -> None:
     """Ingest one file and SIGKILL this process at the named protocol point."""
-    from neuroscale.catalog import api
+    from neuroscale.catalog import api, ingest
 
     def fault(name: str) -> None:
         if name == point:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    api._fault = fault  # type: ignore[assignment]
+    ingest._fault = fault  # type: ignore[assignment]
     cat = api.Catalog(url, user="admin")
     ready.set()
     cat.ingest(Path(src), "/crash", extract=False)

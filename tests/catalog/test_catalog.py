@@ -433,7 +433,7 @@ def test_find_with_limit_walks_in_order(
     # every comparison counted as dense: the limit is reached by walking the objects in
     # (collection path, name) order (PostgreSQL: one LATERAL walk per collection); the result
     # must be the first `limit` rows of the unlimited answer, whatever the plan
-    import neuroscale.catalog.api as api_mod
+    import neuroscale.catalog.search as search_mod
 
     for c in ("b", "a", "a/sub"):
         src = write_files(tmp_path / c, {f"f{i:02d}.txt": f"{c}{i}".encode() for i in range(12)})
@@ -441,7 +441,7 @@ def test_find_with_limit_walks_in_order(
         for i in range(12):
             cat.add_meta(f"/{c}/f{i:02d}.txt", "run", i % 3)
             cat.add_meta(f"/{c}/f{i:02d}.txt", "task", "rest" if i % 2 else "oneback")
-    monkeypatch.setattr(api_mod, "FIND_DENSE_ROWS", 0)
+    monkeypatch.setattr(search_mod, "FIND_DENSE_ROWS", 0)
     for where in ("task = 'oneback' and run < 2", "has run", "run = 1 or task = 'rest'"):
         full = [o.path for o in cat.find(where)]
         assert full == sorted(full, key=lambda p: (p.rsplit("/", 1)[0], p.rsplit("/", 1)[1]))
@@ -457,12 +457,12 @@ def test_walk_over_budget_falls_back_to_the_flat_query(
 ) -> None:
     from sqlalchemy import func, literal, select
 
-    import neuroscale.catalog.api as api_mod
+    import neuroscale.catalog.search as search_mod
 
     with cat.engine.connect() as conn:
         if conn.dialect.name != "postgresql":
             pytest.skip("the walk budget is PostgreSQL's statement_timeout")
-    monkeypatch.setattr(api_mod, "FIND_WALK_BUDGET_MS", 20)
+    monkeypatch.setattr(search_mod, "FIND_WALK_BUDGET_MS", 20)
     with cat._sessions() as s, s.begin():
         slow = select(literal("walk"), func.pg_sleep(0.5))
         flat = select(literal("flat"), literal(1))
@@ -476,7 +476,7 @@ def test_walk_over_budget_falls_back_to_the_flat_query(
     cat.ingest([src], "/c", extract=False)
     for i in range(9):
         cat.add_meta(f"/c/f{i:02d}.txt", "run", i % 3)
-    monkeypatch.setattr(api_mod, "FIND_DENSE_ROWS", 0)
+    monkeypatch.setattr(search_mod, "FIND_DENSE_ROWS", 0)
     full = [o.path for o in cat.find("run < 2")]
-    monkeypatch.setattr(api_mod, "FIND_WALK_BUDGET_MS", 1)
+    monkeypatch.setattr(search_mod, "FIND_WALK_BUDGET_MS", 1)
     assert [o.path for o in cat.find("run < 2", limit=4)] == full[:4]

@@ -14,7 +14,7 @@ from catalog_helpers import write_files
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from neuroscale.catalog import api
+from neuroscale.catalog import ingest, search
 from neuroscale.catalog.api import Catalog
 from neuroscale.catalog.errors import ConflictError
 from neuroscale.catalog.metadata import make_triple
@@ -53,7 +53,7 @@ def test_local_store_sync_one_and_many(tmp_path: Path) -> None:
 def test_batched_ingest_statuses_dedup_and_metadata(
     cat: Catalog, tmp_path: Path, store_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api, "INGEST_BATCH_FILES", 4)  # several batches, duplicates across them
+    monkeypatch.setattr(ingest, "INGEST_BATCH_FILES", 4)  # several batches, duplicates across them
     files = {f"d/f{i:02d}.bin": f"x{i % 7}".encode() for i in range(20)}
     src = write_files(tmp_path / "src", files)
     rep = cat.ingest([src], "/lab/b", meta=[make_triple("project", "p1")], extract=False)
@@ -137,7 +137,7 @@ def test_find_plans_agree(
     assert [o.path for o in cat.find(where)] == expected  # a driver, if any
     assert [o.path for o in cat.find(where, limit=1000)] == expected
     assert [o.path for o in cat.find(where, limit=3)] == expected[:3]
-    monkeypatch.setattr(api, "FIND_DENSE_ROWS", 1)  # every comparison dense: walk in order
+    monkeypatch.setattr(search, "FIND_DENSE_ROWS", 1)  # every comparison dense: walk in order
     assert [o.path for o in cat.find(where, limit=1000)] == expected
     assert [o.path for o in cat.find(where, limit=3)] == expected[:3]
 

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -71,7 +72,13 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     cat.add_argument("--ticket", help="use a share ticket")
     sub = cat.add_subparsers(dest="catalog_command", metavar="COMMAND")
     sub.required = True
+    for add in (_add_init, _add_ingest, _add_listing, _add_find, _add_meta, _add_lineage,
+                _add_verify, _add_share, _add_users, _add_objects, _add_cleanup):  # fmt: skip
+        add(sub)
+    return cat
 
+
+def _add_init(sub: Any) -> None:
     p = sub.add_parser("init", help="create or upgrade a catalog and write the configuration")
     p.add_argument("--url", dest="init_url", help="sqlite:///PATH (default) or postgresql://...")
     p.add_argument("--store", help="store directory or fsspec URL (s3://bucket/prefix)")
@@ -82,6 +89,8 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     )  # fmt: skip
     _json_flag(p)
 
+
+def _add_ingest(sub: Any) -> None:
     p = sub.add_parser("ingest", help="copy files into the store and catalog them")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--collection", "-c", required=True)
@@ -90,6 +99,9 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-extract", action="store_true", help="no automatic metadata")
     _json_flag(p)
 
+
+def _add_listing(sub: Any) -> None:
+    """``ls`` and ``mkcoll``."""
     p = sub.add_parser("ls", help="list collections, or a collection's contents")
     p.add_argument("collection", nargs="?")
     p.add_argument("-l", "--long", action="store_true", help="show sizes and checksums")
@@ -99,12 +111,16 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("collection")
     _json_flag(p)
 
+
+def _add_find(sub: Any) -> None:
     p = sub.add_parser("find", help="query objects by metadata")
     p.add_argument("--where", "-w", required=True, help="e.g. \"task = 'oneback' and tr < 2.5\"")
     p.add_argument("--collection", "-c")
     p.add_argument("--limit", type=int)
     _json_flag(p)
 
+
+def _add_meta(sub: Any) -> None:
     p = sub.add_parser("meta", help="show, add or remove metadata")
     msub = p.add_subparsers(dest="meta_command", metavar="ACTION")
     msub.required = True
@@ -121,11 +137,15 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     m.add_argument("--value")
     _json_flag(m)
 
+
+def _add_lineage(sub: Any) -> None:
     p = sub.add_parser("lineage", help="provenance: back to raw data and forward to derivatives")
     p.add_argument("target", help="object path, SHA-256, or a local file")
     p.add_argument("--max-depth", type=int, default=100)
     _json_flag(p)
 
+
+def _add_verify(sub: Any) -> None:
     p = sub.add_parser("verify", help="fixity check: re-hash stored objects")
     p.add_argument("--incremental", action="store_true", help="only never/long-unchecked objects")
     p.add_argument("--older-than", type=float, default=30.0, metavar="DAYS")
@@ -134,6 +154,8 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS")
     _json_flag(p)
 
+
+def _add_share(sub: Any) -> None:
     p = sub.add_parser("share", help="grant permissions, issue or revoke tickets")
     p.add_argument("collection", nargs="?")
     p.add_argument("--with", dest="principal", metavar="USER_OR_GROUP")
@@ -145,6 +167,8 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--revoke-ticket", type=int, metavar="ID")
     _json_flag(p)
 
+
+def _add_users(sub: Any) -> None:
     p = sub.add_parser("users", help="list or manage users and groups")
     usub = p.add_subparsers(dest="users_command", metavar="ACTION")
     usub.required = True
@@ -163,6 +187,9 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     u.add_argument("name")
     _json_flag(u)
 
+
+def _add_objects(sub: Any) -> None:
+    """``rm`` and ``get``."""
     p = sub.add_parser("rm", help="remove an object")
     p.add_argument("target")
     p.add_argument("--force", action="store_true", help="also delete the last stored copy")
@@ -173,11 +200,12 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("dest", type=Path)
     _json_flag(p)
 
+
+def _add_cleanup(sub: Any) -> None:
     p = sub.add_parser("cleanup", help="remove leftovers of crashed ingests (admins)")
     p.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS")
     p.add_argument("--untracked", action="store_true", help="also delete unrecorded stored files")
     _json_flag(p)
-    return cat
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,128 +309,151 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     from neuroscale.catalog.api import Catalog
-    from neuroscale.catalog.metadata import parse_meta_option
 
     command = args.catalog_command
     if command == "init":
-        config = args.config or default_config_path()
-        url = args.init_url or args.url or f"sqlite:///{config.parent.resolve() / 'catalog.sqlite'}"
-        options: dict[str, Any] = {}
-        for item in args.store_option:
-            key, _, value = item.partition("=")
-            options[key] = value
-        cat = Catalog.init(url, args.store, admin=args.admin or args.user, store_options=options)
-        try:
-            _write_config(config, url)
-            data = {"url": url, "store": cat.store.url, "config": str(config), "admin": cat.user}
-            _emit(args, data, f"catalog {url}\nstore   {cat.store.url}\nconfig  {config}", out)
-        finally:
-            cat.close()
-        return 0
-
+        return _init(Catalog, args, out)
     with Catalog(_catalog_url(args), user=args.user, ticket=args.ticket) as cat:
-        if command == "ingest":
-            meta = [parse_meta_option(m) for m in args.meta]
-            report = cat.ingest(
-                args.paths, args.collection, meta=meta, extract=not args.no_extract, name=args.name
-            )
-            lines = [f"{r.status:12s} {r.object.path}" for r in report.results]
-            lines += [f"skipped      {p}: {why}" for p, why in report.skipped]
-            counts = ", ".join(f"{v} {k}" for k, v in sorted(report.counts.items()))
-            lines.append(f"{len(report.results)} file(s): {counts or 'nothing'}")
-            _emit(args, report, "\n".join(lines), out)
-            if not report.results and report.skipped:
-                from neuroscale.errors import InputNotFoundError
-
-                path, why = report.skipped[0]
-                n_more = len(report.skipped) - 1
-                more = f" (and {n_more} more skipped)" if n_more else ""
-                raise InputNotFoundError(f"skipped, {why}; nothing ingested{more}", path)
-            return 0
-        if command == "ls":
-            if args.collection is None:
-                cols = cat.collections()
-                _emit(args, cols, "\n".join(cols), out)
-                return 0
-            listing = cat.ls(args.collection)
-            lines = [f"{c}/" for c in listing.subcollections]
-            for o in listing.objects:
-                lines.append(
-                    f"{o.sha256[:12]}  {_fmt_size(o.size):>10}  {o.name}" if args.long else o.name
-                )
-            _emit(args, listing, "\n".join(lines), out)
-            return 0
-        if command == "mkcoll":
-            path = cat.create_collection(args.collection)
-            _emit(args, {"collection": path}, path, out)
-            return 0
-        if command == "find":
-            found = cat.find(args.where, collection=args.collection, limit=args.limit)
-            _emit(args, found, "\n".join(o.path for o in found), out)
-            return 0
-        if command == "meta":
-            if args.meta_command == "show":
-                rows = cat.meta(args.target)
-                text = "\n".join(
-                    f"{m.attribute} = {m.value}" + (f" [{m.unit}]" if m.unit else "") for m in rows
-                )
-                _emit(args, rows, text, out)
-            elif args.meta_command == "add":
-                triples = [parse_meta_option(t) for t in args.triples]
-                for t in triples:
-                    cat.add_meta(args.target, t)
-                _emit(args, triples, f"added {len(triples)} triple(s) to {args.target}", out)
-            else:
-                n = cat.remove_meta(args.target, args.attribute, args.value)
-                _emit(args, {"removed": n}, f"removed {n} triple(s)", out)
-            return 0
-        if command == "lineage":
-            lin = cat.lineage(args.target, max_depth=args.max_depth)
-            _emit(args, lin, _lineage_text(lin), out)
-            return 0
-        if command == "verify":
-            rep = cat.verify(
-                incremental=args.incremental,
-                older_than=dt.timedelta(days=args.older_than),
-                restart=args.restart,
-                max_objects=args.max_objects,
-                grace=args.grace,
-            )
-            lines = [
-                f"fixity run {rep.run_id} ({rep.mode}{', resumed' if rep.resumed else ''}"
-                f"{', interrupted' if not rep.complete else ''}): {rep.checked} checked, "
-                f"{rep.n_ok} ok, {len(rep.corrupt)} corrupted, {len(rep.missing)} missing, "
-                f"{len(rep.untracked)} untracked, {len(rep.stale_temp)} stale temporary"
-            ]
-            for p in rep.corrupt + rep.missing:
-                names = ", ".join(p.objects) or "(no object)"
-                lines.append(f"{p.status.upper():8s} {p.sha256}  {names}")
-            lines += [f"UNTRACKED {k}" for k in rep.untracked]
-            lines += [f"STALE    {k}  (run 'neuroscale catalog cleanup')" for k in rep.stale_temp]
-            _emit(args, dataclasses.asdict(rep) | {"ok": rep.ok}, "\n".join(lines), out)
-            return 0 if rep.ok else 1
-        if command == "share":
-            return _share(cat, args, out)
-        if command == "users":
-            return _users(cat, args, out)
-        if command == "rm":
-            info = cat.remove(args.target, force=args.force)
-            _emit(args, info, f"removed {info.path}", out)
-            return 0
-        if command == "get":
-            dest = cat.get(args.target, args.dest)
-            _emit(args, {"path": str(dest)}, str(dest), out)
-            return 0
-        if command == "cleanup":
-            rep2 = cat.cleanup(grace=args.grace, untracked=args.untracked)
-            text = (
-                f"removed {len(rep2.pending)} unfinished object(s), {len(rep2.deleting)} "
-                f"half-removed, {len(rep2.temp)} temporary file(s), "
-                f"{len(rep2.untracked)} untracked file(s)"
-            )
-            _emit(args, rep2, text, out)
-            return 0
+        handler = _COMMANDS.get(command)
+        if handler is not None:
+            return handler(cat, args, out)
     raise AssertionError(f"unknown catalog command {command!r}")
+
+
+def _init(catalog_cls: Any, args: argparse.Namespace, out: TextIO) -> int:
+    config = args.config or default_config_path()
+    url = args.init_url or args.url or f"sqlite:///{config.parent.resolve() / 'catalog.sqlite'}"
+    options: dict[str, Any] = {}
+    for item in args.store_option:
+        key, _, value = item.partition("=")
+        options[key] = value
+    cat = catalog_cls.init(url, args.store, admin=args.admin or args.user, store_options=options)
+    try:
+        _write_config(config, url)
+        data = {"url": url, "store": cat.store.url, "config": str(config), "admin": cat.user}
+        _emit(args, data, f"catalog {url}\nstore   {cat.store.url}\nconfig  {config}", out)
+    finally:
+        cat.close()
+    return 0
+
+
+def _ingest(cat: Any, args: argparse.Namespace, out: TextIO) -> int:
+    from neuroscale.catalog.metadata import parse_meta_option
+
+    meta = [parse_meta_option(m) for m in args.meta]
+    report = cat.ingest(
+        args.paths, args.collection, meta=meta, extract=not args.no_extract, name=args.name
+    )
+    lines = [f"{r.status:12s} {r.object.path}" for r in report.results]
+    lines += [f"skipped      {p}: {why}" for p, why in report.skipped]
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(report.counts.items()))
+    lines.append(f"{len(report.results)} file(s): {counts or 'nothing'}")
+    _emit(args, report, "\n".join(lines), out)
+    if not report.results and report.skipped:
+        from neuroscale.errors import InputNotFoundError
+
+        path, why = report.skipped[0]
+        n_more = len(report.skipped) - 1
+        more = f" (and {n_more} more skipped)" if n_more else ""
+        raise InputNotFoundError(f"skipped, {why}; nothing ingested{more}", path)
+    return 0
+
+
+def _ls(cat: Any, args: argparse.Namespace, out: TextIO) -> int:
+    if args.collection is None:
+        cols = cat.collections()
+        _emit(args, cols, "\n".join(cols), out)
+        return 0
+    listing = cat.ls(args.collection)
+    lines = [f"{c}/" for c in listing.subcollections]
+    for o in listing.objects:
+        lines.append(f"{o.sha256[:12]}  {_fmt_size(o.size):>10}  {o.name}" if args.long else o.name)
+    _emit(args, listing, "\n".join(lines), out)
+    return 0
+
+
+def _mkcoll(cat: Any, args: argparse.Namespace, out: TextIO) -> int:
+    path = cat.create_collection(args.collection)
+    _emit(args, {"collection": path}, path, out)
+    return 0
+
+
+def _find(cat: Any, args: argparse.Namespace, out: TextIO) -> int:
+    found = cat.find(args.where, collection=args.collection, limit=args.limit)
+    _emit(args, found, "\n".join(o.path for o in found), out)
+    return 0
+
+
+def _meta(cat: Any, args: argparse.Namespace, out: TextIO) -> int:
+    from neuroscale.catalog.metadata import parse_meta_option
+
+    if args.meta_command == "show":
+        rows = cat.meta(args.target)
+        text = "\n".join(
+            f"{m.attribute} = {m.value}" + (f" [{m.unit}]" if m.unit else "") for m in rows
+        )
+        _emit(args, rows, text, out)
+    elif args.meta_command == "add":
+        triples = [parse_meta_option(t) for t in args.triples]
+        for t in triples:
+            cat.add_meta(args.target, t)
+        _emit(args, triples, f"added {len(triples)} triple(s) to {args.target}", out)
+    else:
+        n = cat.remove_meta(args.target, args.attribute, args.value)
+        _emit(args, {"removed": n}, f"removed {n} triple(s)", out)
+    return 0
+
+
+def _lineage(cat: Any, args: argparse.Namespace, out: TextIO) -> int:
+    lin = cat.lineage(args.target, max_depth=args.max_depth)
+    _emit(args, lin, _lineage_text(lin), out)
+    return 0
+
+
+def _verify(cat: Any, args: argparse.Namespace, out: TextIO) -> int:
+    rep = cat.verify(
+        incremental=args.incremental,
+        older_than=dt.timedelta(days=args.older_than),
+        restart=args.restart,
+        max_objects=args.max_objects,
+        grace=args.grace,
+    )
+    lines = [
+        f"fixity run {rep.run_id} ({rep.mode}{', resumed' if rep.resumed else ''}"
+        f"{', interrupted' if not rep.complete else ''}): {rep.checked} checked, "
+        f"{rep.n_ok} ok, {len(rep.corrupt)} corrupted, {len(rep.missing)} missing, "
+        f"{len(rep.untracked)} untracked, {len(rep.stale_temp)} stale temporary"
+    ]
+    for p in rep.corrupt + rep.missing:
+        names = ", ".join(p.objects) or "(no object)"
+        lines.append(f"{p.status.upper():8s} {p.sha256}  {names}")
+    lines += [f"UNTRACKED {k}" for k in rep.untracked]
+    lines += [f"STALE    {k}  (run 'neuroscale catalog cleanup')" for k in rep.stale_temp]
+    _emit(args, dataclasses.asdict(rep) | {"ok": rep.ok}, "\n".join(lines), out)
+    return 0 if rep.ok else 1
+
+
+def _rm(cat: Any, args: argparse.Namespace, out: TextIO) -> int:
+    info = cat.remove(args.target, force=args.force)
+    _emit(args, info, f"removed {info.path}", out)
+    return 0
+
+
+def _get(cat: Any, args: argparse.Namespace, out: TextIO) -> int:
+    dest = cat.get(args.target, args.dest)
+    _emit(args, {"path": str(dest)}, str(dest), out)
+    return 0
+
+
+def _cleanup(cat: Any, args: argparse.Namespace, out: TextIO) -> int:
+    rep = cat.cleanup(grace=args.grace, untracked=args.untracked)
+    text = (
+        f"removed {len(rep.pending)} unfinished object(s), {len(rep.deleting)} "
+        f"half-removed, {len(rep.temp)} temporary file(s), "
+        f"{len(rep.untracked)} untracked file(s)"
+    )
+    _emit(args, rep, text, out)
+    return 0
 
 
 def _lineage_text(lin: Any) -> str:
@@ -504,6 +555,23 @@ def _users(cat: Any, args: argparse.Namespace, out: TextIO) -> int:
         cat.remove_principal(args.name)
         _emit(args, {"removed": args.name}, f"removed {args.name}", out)
     return 0
+
+
+#: The handler of each sub-command but ``init``: ``handler(catalog, args, out) -> exit status``.
+_COMMANDS: dict[str, Callable[[Any, argparse.Namespace, TextIO], int]] = {
+    "ingest": _ingest,
+    "ls": _ls,
+    "mkcoll": _mkcoll,
+    "find": _find,
+    "meta": _meta,
+    "lineage": _lineage,
+    "verify": _verify,
+    "share": _share,
+    "users": _users,
+    "rm": _rm,
+    "get": _get,
+    "cleanup": _cleanup,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # one long function on purpose: a migration is one declarative listing of the schema
     op.create_table(
         "blobs",
         sa.Column("sha256", sa.String(length=64), nullable=False),
