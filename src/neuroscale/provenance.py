@@ -120,7 +120,7 @@ def software_versions() -> dict[str, str | None]:
     dict
         ``{"neuroscale": ..., "numpy": ..., ..., "zarr": ..., "python": "3.11.7"}``.
     """
-    from neuroscale import __version__
+    from neuroscale import __version__  # read at call time (tests and forks patch it)
 
     out: dict[str, str | None] = {"neuroscale": __version__}
     for dist in SOFTWARE_PACKAGES:
@@ -219,7 +219,7 @@ def provenance_hash(sources_sha256: Sequence[str], parameters: Mapping[str, Any]
     ConfigurationError
         A digest that is not 64 hex digits, or a parameter that is not JSON-serialisable.
     """
-    from neuroscale import __version__
+    from neuroscale import __version__  # read at call time (tests and forks patch it)
 
     shas = [_check_sha(s, f"source {i}") for i, s in enumerate(sources_sha256)]
     text = canonical_json({"neuroscale": __version__, "parameters": parameters,

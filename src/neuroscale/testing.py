@@ -33,6 +33,7 @@ import numpy as np
 
 from neuroscale.errors import ConfigurationError
 from neuroscale.image import Series
+from neuroscale.io.atomic import atomic_path
 
 __all__ = [
     "SyntheticTruth",
@@ -336,7 +337,6 @@ def write_synthetic_bold(
     import isal.igzip as igzip
     import nibabel as nib
 
-    from neuroscale.io.atomic import atomic_path
 
     path = Path(path)
     name = path.name.lower()

@@ -316,6 +316,7 @@ def _local_client(
     per_worker = mem or int(0.9 * total / n_workers)
     import dask.config
 
+    # determinism and logs import distributed: only when a cluster starts
     from neuroscale.compute.determinism import ENVIRONMENT as ITK_ENVIRONMENT
 
     # glibc keeps freed chunk buffers mapped in per-thread arenas: two arenas bound the RSS a

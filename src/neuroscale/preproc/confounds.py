@@ -76,6 +76,7 @@ import pandas as pd
 
 from neuroscale.errors import AnalysisError, ConfigurationError
 from neuroscale.image import Series
+from neuroscale.io.atomic import atomic_write_text
 
 __all__ = [
     "MOTION_COLUMNS",
@@ -445,7 +446,6 @@ def write_confounds_tsv(path: str | Path, table: pd.DataFrame) -> None:
     AnalysisError
         The table has infinite values (fMRIPrep never writes them).
     """
-    from neuroscale.io.atomic import atomic_write_text
 
     values = table.to_numpy(dtype=np.float64)
     if np.isinf(values).any():
