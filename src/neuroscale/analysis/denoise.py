@@ -480,9 +480,68 @@ def _clean(
     keep_scale: bool = False,
 ) -> tuple[Series, da.Array | None]:
     """The body of :func:`clean` / :func:`clean_with_scale` (``keep_scale``)."""
+    standardize, filter, lp, hp, t_r_s = _check_choices(
+        series, t_r=t_r, standardize=standardize, low_pass=low_pass, high_pass=high_pass,
+        filter=filter)
+    sm, conf, n_out = _check_shapes(series, confounds=confounds, sample_mask=sample_mask,
+                                    filter=filter, lp=lp, hp=hp, t_r_s=t_r_s)
+    kw: dict[str, Any] = {
+        "confounds": conf,
+        "sample_mask": sm,
+        "t_r": t_r_s,
+        "detrend": bool(detrend),
+        "standardize_confounds": bool(standardize_confounds),
+        "filter": filter,
+        "low_pass": lp,
+        "high_pass": hp,
+    }
+    out, scale = _clean_graph(series.data, n_out, standardize, keep_scale, kw)
+    record = {
+        "t_r": t_r_s,
+        "detrend": bool(detrend),
+        "standardize": standardize,
+        "low_pass": lp,
+        "high_pass": hp,
+        "filter": filter,
+        "n_confounds": 0 if conf is None else int(conf.shape[1]),
+        "standardize_confounds": bool(standardize_confounds),
+        "sample_mask": None if sm is None else [int(i) for i in sm],
+        "implementation": "nilearn.signal.clean",
+    }
+    return series.with_data(out, meta={**series.meta, "clean": record}), scale
+
+
+def _check_choices(
+    series: Series,
+    *,
+    t_r: float | None,
+    standardize: str | bool | None,
+    low_pass: float | None,
+    high_pass: float | None,
+    filter: str | bool | None,
+) -> tuple[str | None, str | bool, float | None, float | None, float | None]:
+    """Check and normalise the options of :func:`_clean` (no data shapes involved).
+
+    Returns
+    -------
+    standardize : str or None
+        ``True`` -> ``"zscore_sample"``, ``False`` -> ``None``.
+    filter : str or False
+        ``None`` -> ``False``; a Butterworth filter with no cut-off is switched off.
+    lp, hp : float or None
+        The cut-offs in Hz (``None`` when no filter is applied).
+    t_r_s : float or None
+        The repetition time in seconds (required when a filter is applied).
+
+    Raises
+    ------
+    ConfigurationError
+        An unknown ``filter`` or ``standardize``; a cosine filter without ``high_pass`` or with
+        ``low_pass``; a cut-off not below the Nyquist frequency; ``high_pass >= low_pass``.
+    MissingMetadataError
+        No repetition time where a filter needs one (:func:`_resolve_t_r`).
+    """
     src = series.source
-    n_t = series.n_timepoints
-    # ---- choices ------------------------------------------------------------------------
     if filter is None:
         filter = False
     if filter not in FILTERS:
@@ -523,7 +582,38 @@ def _clean(
             raise ConfigurationError(
                 f"high_pass={hp} Hz must be below low_pass={lp} Hz for a band-pass", src
             )
-    # ---- shapes ---------------------------------------------------------------------------
+    return standardize, filter, lp, hp, t_r_s
+
+
+def _check_shapes(
+    series: Series,
+    *,
+    confounds: Any,
+    sample_mask: Any,
+    filter: str | bool,
+    lp: float | None,
+    hp: float | None,
+    t_r_s: float | None,
+) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    """Check the run length, sample mask and confounds of :func:`_clean` against the options.
+
+    Returns
+    -------
+    sm : (n_out,) ndarray of int or None
+        The kept volumes (:func:`_normalise_sample_mask`).
+    conf : (n_timepoints, k) ndarray or None
+        The confounds (:func:`_normalise_confounds`).
+    n_out : int
+        Number of output volumes.
+
+    Raises
+    ------
+    AnalysisError
+        Fewer than 2 output volumes; too few volumes for the Butterworth filter's padding or
+        for one cosine regressor; no degrees of freedom left by the regressors.
+    """
+    src = series.source
+    n_t = series.n_timepoints
     sm = _normalise_sample_mask(sample_mask, n_t, series)
     conf = _normalise_confounds(confounds, n_t, series)
     n_out = n_t if sm is None else int(sm.size)
@@ -558,18 +648,16 @@ def _clean(
         raise AnalysisError(
             f"{n_reg} nuisance regressors leave no degrees of freedom in {n_out} volumes", src
         )
-    # ---- graph ----------------------------------------------------------------------------
-    kw: dict[str, Any] = {
-        "confounds": conf,
-        "sample_mask": sm,
-        "t_r": t_r_s,
-        "detrend": bool(detrend),
-        "standardize_confounds": bool(standardize_confounds),
-        "filter": filter,
-        "low_pass": lp,
-        "high_pass": hp,
-    }
-    data = series.data
+    return sm, conf, n_out
+
+
+def _clean_graph(data: da.Array, n_out: int, standardize: str | None, keep_scale: bool,
+                 kw: dict[str, Any]) -> tuple[da.Array, da.Array | None]:
+    """The lazy cleaned data ``(n_out, n_voxels)`` float32 and, with ``keep_scale``, the
+    ``(2, n_voxels)`` float32 scale and offset of the z-scoring (ones and zeros otherwise).
+
+    ``kw`` are the keyword arguments of the :mod:`neuroscale.kernels.signal` block functions.
+    """
     out_chunks = ((n_out,), data.chunks[1])
     meta32 = np.empty((0, 0), dtype=np.float32)
     scale: da.Array | None = None
@@ -597,16 +685,4 @@ def _clean(
         add_mean = da.where(b > 0, a / da.where(b > 0, b, 1.0), np.inf) < 0.1
         out = da.blockwise(psc_finish_block, "tv", data, "tv", add_mean, "",
                            adjust_chunks={"t": n_out}, dtype=np.float32, meta=meta32, **kw)
-    record = {
-        "t_r": t_r_s,
-        "detrend": bool(detrend),
-        "standardize": standardize,
-        "low_pass": lp,
-        "high_pass": hp,
-        "filter": filter,
-        "n_confounds": 0 if conf is None else int(conf.shape[1]),
-        "standardize_confounds": bool(standardize_confounds),
-        "sample_mask": None if sm is None else [int(i) for i in sm],
-        "implementation": "nilearn.signal.clean",
-    }
-    return series.with_data(out, meta={**series.meta, "clean": record}), scale
+    return out, scale

@@ -301,12 +301,41 @@ def load_atlas(
     ConfigurationError
         ``name`` is not alphanumeric.
     """
+    path = Path(path)
+    data, values, atlas_affine = _read_label_image(path)
+    labels = _resample_labels(data, atlas_affine, reference_affine, reference_shape, path)
+    names, table_path = _label_names(path, values, labels_table)
+    return Atlas(
+        labels=labels,
+        values=values,
+        names=_unique_names(names, values),
+        name=name if name is not None else atlas_name_from_path(path),
+        path=path,
+        table_path=table_path,
+    )
+
+
+def _read_label_image(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The labels of a deterministic atlas file, checked (see :func:`load_atlas`).
+
+    Returns
+    -------
+    data : (x, y, z) ndarray
+        The label image, scaling applied, in its stored dtype.
+    values : (n_labels,) ndarray of int64
+        The sorted non-zero labels.
+    affine : (4, 4) ndarray
+        The atlas's voxel-to-world transform, mm.
+
+    Raises
+    ------
+    InputNotFoundError, ImageFormatError
+        As :func:`load_atlas`.
+    """
     import nibabel as nib
-    from nilearn.image import resample_img
 
     from neuroscale.io.nifti import read_nifti_info
 
-    path = Path(path)
     info = read_nifti_info(path)  # InputNotFoundError / ImageFormatError with the path
     shape = tuple(info.shape)
     while len(shape) > 3 and shape[-1] == 1:
@@ -346,10 +375,23 @@ def load_atlas(
         raise ImageFormatError("atlas holds no label (every voxel is 0)", path)
     if values[-1] > np.iinfo(np.int32).max:
         raise ImageFormatError(f"atlas label {values[-1]} does not fit in int32", path)
+    return data, values, img.affine
 
+
+def _resample_labels(data: np.ndarray, atlas_affine: np.ndarray, reference_affine: np.ndarray,
+                     reference_shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """Nearest-neighbour resampling of atlas labels onto the BOLD grid, ``(x, y, z)`` int32.
+
+    Raises
+    ------
+    AnalysisError
+        No labelled voxel lands on the BOLD grid.
+    """
+    import nibabel as nib
+    from nilearn.image import resample_img
     from nilearn.image.resampling import BoundingBoxError
 
-    source = nib.Nifti1Image(data.astype(np.int32), img.affine)
+    source = nib.Nifti1Image(data.astype(np.int32), atlas_affine)
     outside = ("no atlas label lands on the BOLD grid: the atlas lies outside the BOLD's field "
                "of view (the atlas and the BOLD are not in the same world space; see "
                "--atlas-space)")
@@ -367,7 +409,23 @@ def load_atlas(
     labels = np.asarray(resampled.dataobj).astype(np.int32)
     if not labels.any():
         raise AnalysisError(outside, path)
+    return labels
 
+
+def _label_names(path: Path, values: np.ndarray, labels_table: str | Path | None
+                 ) -> tuple[list[str], Path | None]:
+    """The name of every label in ``values`` and the label table they came from (or None).
+
+    Labels without a table entry are named by their number, with a warning (attributed to the
+    caller of :func:`load_atlas`).
+
+    Raises
+    ------
+    InputNotFoundError
+        The given ``labels_table`` does not exist.
+    ImageFormatError
+        The label table is malformed (:func:`read_label_table`).
+    """
     if labels_table is not None:
         given = Path(labels_table)
         if not given.is_file():
@@ -384,16 +442,9 @@ def load_atlas(
                 f"{path}: {len(missing)} of {values.size} labels are not in {table_path.name} "
                 f"and are named by their number (e.g. {missing[:5]})",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of load_atlas, as before the split
             )
-    return Atlas(
-        labels=labels,
-        values=values,
-        names=_unique_names(names, values),
-        name=name if name is not None else atlas_name_from_path(path),
-        path=path,
-        table_path=table_path,
-    )
+    return names, table_path
 
 
 # --------------------------------------------------------------------------------------------

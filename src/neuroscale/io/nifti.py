@@ -203,6 +203,44 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
     path = Path(path)
     size = require_regular_file(path).st_size
     compressed = is_gzip(path)
+    raw, sizeof_hdr, header = _read_header(path)
+    shape = tuple(int(s) for s in header.get_data_shape())
+    if not shape or min(shape) < 1:
+        raise ImageFormatError(f"invalid dimensions {shape}", path)
+    dtype = _check_dtype(header, path)
+    slope, inter = _check_scaling(header, dtype, path)
+    zooms = tuple(float(z) for z in header.get_zooms())
+    affine = _check_geometry(header, _HEADER_BYTES[sizeof_hdr], raw[:sizeof_hdr], shape, path)
+    t_r_header = _header_t_r(header, shape)
+    vox_offset = int(header.get_data_offset())
+    info = NiftiInfo(
+        path=path,
+        shape=shape,
+        dtype=dtype,
+        affine=affine,
+        zooms=zooms,
+        slope=slope,
+        inter=inter,
+        vox_offset=vox_offset,
+        compressed=compressed,
+        t_r_header=t_r_header,
+        header=header,
+    )
+    need = vox_offset + math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    _check_data_size(path, size, compressed, need, shape, dtype)
+    return info
+
+
+def _read_header(path: Path) -> tuple[bytes, int, Any]:
+    """``(first bytes, header size, nibabel header)`` of a NIfTI-1/2 file, magic checked.
+
+    Raises
+    ------
+    ImageFormatError
+        Unreadable, neither a 348- nor a 540-byte header, invalid header, bad magic.
+    TruncatedDataError
+        Shorter than a NIfTI-1 header.
+    """
     try:
         with open_raw(path) as fh:
             raw = fh.read(540)
@@ -229,14 +267,16 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
         raise ImageFormatError(
             f"bad NIfTI magic {magic!r} (expected 'n+1' or 'n+2' for a single-file image)", path
         )
-    shape = tuple(int(s) for s in header.get_data_shape())
-    if not shape or min(shape) < 1:
-        raise ImageFormatError(f"invalid dimensions {shape}", path)
+    return raw, sizeof_hdr, header
+
+
+def _check_dtype(header: Any, path: Path) -> np.dtype[Any]:
+    """The stored data type; raise :class:`ImageFormatError` for RGB, complex or other types."""
     code = int(header["datatype"])
     if code in _RGB_CODES:
         raise ImageFormatError(f"RGB data not supported (datatype {_RGB_CODES[code]})", path)
     try:
-        dtype = header.get_data_dtype()
+        dtype: np.dtype[Any] = header.get_data_dtype()
     except Exception as exc:
         raise ImageFormatError(f"unsupported data type ({exc})", path) from exc
     if dtype.kind == "c":
@@ -245,6 +285,15 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
             "(or the real part) as a real image", path)
     if dtype.fields is not None or dtype.kind not in "iuf":
         raise ImageFormatError(f"data type {dtype} not supported", path)
+    return dtype
+
+
+def _check_scaling(header: Any, dtype: np.dtype[Any], path: Path) -> tuple[float, float]:
+    """``(slope, inter)`` to apply (``(1, 0)`` for none).
+
+    Raises :class:`ImageFormatError` for a non-finite scaling or one that takes the stored
+    integer type past the float32 range.
+    """
     raw_slope = float(np.asarray(header["scl_slope"]))
     raw_inter = float(np.asarray(header["scl_inter"]))
     if np.isinf(raw_slope) or (
@@ -264,7 +313,16 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
             raise ImageFormatError(
                 f"scl_slope={slope:g} (scl_inter={inter:g}) scales the stored {dtype.name} "
                 f"values to up to {reach:.3g}, past the float32 range", path)
-    zooms = tuple(float(z) for z in header.get_zooms())
+    return slope, inter
+
+
+def _check_geometry(header: Any, header_class: Any, header_bytes: bytes, shape: tuple[int, ...],
+                    path: Path) -> np.ndarray:
+    """The (4, 4) float64 affine, checked with the stored voxel size (``header_bytes``).
+
+    Raises :class:`ImageFormatError` for an unusable or non-finite qform/sform, a zero or
+    non-finite stored voxel size, a singular affine.
+    """
     try:
         affine = np.asarray(header.get_best_affine(), dtype=np.float64)
     except Exception as exc:  # nibabel's HeaderDataError on an unusable qform
@@ -272,7 +330,7 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
     if not np.all(np.isfinite(affine)):
         raise ImageFormatError("non-finite values in the affine (qform/sform)", path)
     # nibabel's header check silently sets zero pixdims to 1 mm: look at the stored values
-    stored = header_class(binaryblock=raw[:sizeof_hdr], endianness=header.endianness,
+    stored = header_class(binaryblock=header_bytes, endianness=header.endianness,
                           check=False)["pixdim"]
     voxel = tuple(float(v) for v in stored[1 : 1 + min(3, len(shape))])
     if not all(math.isfinite(v) and v != 0 for v in voxel):
@@ -282,6 +340,11 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
         raise ImageFormatError(
             f"singular affine ({'sform' if int(header['sform_code']) > 0 else 'qform'} maps the "
             "voxel grid onto a plane, a line or a point: determinant 0)", path)
+    return affine
+
+
+def _header_t_r(header: Any, shape: tuple[int, ...]) -> float | None:
+    """The repetition time of a 4D header in seconds (``pixdim[4]`` in its time unit), or None."""
     t_r_header: float | None = None
     if len(shape) >= 4:
         _, t_unit = header.get_xyzt_units()
@@ -289,21 +352,12 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
         factor = {"msec": 1e-3, "usec": 1e-6}.get(t_unit, 1.0)
         if np.isfinite(step) and step > 0:
             t_r_header = step * factor
-    vox_offset = int(header.get_data_offset())
-    info = NiftiInfo(
-        path=path,
-        shape=shape,
-        dtype=dtype,
-        affine=affine,
-        zooms=zooms,
-        slope=slope,
-        inter=inter,
-        vox_offset=vox_offset,
-        compressed=compressed,
-        t_r_header=t_r_header,
-        header=header,
-    )
-    need = vox_offset + math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    return t_r_header
+
+
+def _check_data_size(path: Path, size: int, compressed: bool, need: int,
+                     shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+    """Raise :class:`TruncatedDataError` when a ``size``-byte file cannot hold ``need`` bytes."""
     if not compressed:
         if size < need:
             raise TruncatedDataError(
@@ -317,7 +371,6 @@ def read_nifti_info(path: str | Path) -> NiftiInfo:
                 f"truncated data: the header claims {need} bytes of data (shape {shape}, "
                 f"{dtype.name}) but this {size}-byte gzip file decompresses to at most {most} "
                 "(gzip size trailer, deflate's 1032:1 ratio)", path)
-    return info
 
 
 def save_nifti(

@@ -466,7 +466,7 @@ class ColumnChunkedArray:
     """A local 2D Zarr v3 array ``(t, voxel)`` in chunks of all rows by ``width`` columns.
 
     The layout of a stored :class:`~neuroscale.image.Series`
-    (:func:`~neuroscale.image.store_series`): no sharding, inner codecs ``bytes`` (little
+    (:func:`~neuroscale.series_store.store_series`): no sharding, inner codecs ``bytes`` (little
     endian) and optionally ``blosc``.  Chunk ``j`` is the file ``c/0/j``; an edge chunk is
     stored at full width, padded with the fill value (the Zarr specification's rule).
 

@@ -312,8 +312,6 @@ def ingest_nifti(
     CorruptedFileError
         Gzip CRC-32 or deflate data corrupted.
     """
-    import zarr
-
     path = Path(path)
     info = info or read_nifti_info(path)
     if info.ndim != 4:
@@ -342,90 +340,24 @@ def ingest_nifti(
                               daemon=True)
     try:
         with atomic_path(store, is_dir=True) as tmp:
-            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            arr = group.create_array(
-                "data",
-                shape=(nt, nx, ny, nz),
-                # one shard per streamed block of whole volumes: few files, and each block
-                # is written exactly once (no read-modify-write of partial chunks)
-                shards=(t_chunk, -(-nx // x_chunk) * x_chunk, ny, nz),
-                chunks=(t_chunk, x_chunk, ny, nz),
-                dtype=dtype,
-                compressors=_compressors(),
-                fill_value=0,
-            )
+            group, arr = _create_store(tmp, info.shape, dtype, t_chunk, x_chunk)
             for _ in range(min(N_STREAM_BUFFERS, -(-nt // t_chunk))):
                 free.put(bytearray(t_chunk * info.volume_bytes))
             n_inner = -(-nx // x_chunk)
-            # shards written here, not through zarr-python (whose per-chunk pipeline cost
-            # ~13 CPU s for an HCP-sized run and was the ingest's critical path): zarr
-            # wrote the metadata above and reads the shards back (see neuroscale.io.shards)
-            writes = settings.get("direct-writes")
-            direct = ShardedArray.open(tmp / "data") if writes else None
-            if direct is None and writes:
-                settings.log_fallback_once("working-copy writes", tmp)
+            direct = _direct_writer(tmp)
             # (t, x, y, z), x padded to whole inner chunks; volumes past the end stay 0
             ordered = np.zeros((t_chunk, n_inner * x_chunk, ny, nz), dtype=dtype)
             piece = np.zeros((t_chunk, x_chunk, ny, nz), dtype=dtype)
             hasher.start()
             producer.start()
-            while True:
-                item = q.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                t0, n, buf = item
-                # on disk: x fastest, so (t, z, y, x) in C order; store as (t, x, y, z)
-                block = np.frombuffer(buf, dtype=info.dtype, count=n * nx * ny * nz)
-                block = block.reshape(n, nz, ny, nx)
-                checks.add(block)
-                _add_volume_sums(total, block)
-                # one (z, x) plane transpose per y: ~1.6x faster than one 4D copyto
-                for y in range(ny):
-                    np.copyto(ordered[:n, :nx, y, :], block[:, :, y, :].transpose(0, 2, 1))
-                del block
-                free.put(buf)
-                if direct is not None:
-                    if n < t_chunk:
-                        ordered[n:] = 0  # the last, partial shard: fill value past the end
-                    direct.write_shard(t0 // t_chunk, _inner_chunks(ordered, piece))
-                else:
-                    # encode all inner chunks of a shard in one batch: ~35 % less CPU than
-                    # zarr's default of one chunk at a time
-                    with zarr.config.set({"codec_pipeline.batch_size": n_inner}):
-                        arr[t0 : t0 + n] = ordered[:n, :nx]
+            _write_blocks(q, free, info, checks, total, ordered, piece, arr, direct)
             producer.join()
             hasher.join()
             if "error" in hashed:
                 raise hashed["error"]
             checks.check_range(info.slope, info.inter, path)
-            mean = (total.transpose(2, 1, 0) / nt) * info.slope + info.inter
-            group.create_array("mean", data=mean.astype(np.float32))
-            n_bad = 0
-            if checks.bad is not None and checks.bad.any():
-                n_bad = int(checks.bad.sum())
-                group.create_array("nonfinite",
-                                   data=checks.bad.transpose(2, 1, 0).astype(np.uint8))
-            manifest = {
-                "layout_version": LAYOUT_VERSION,
-                "source": _source_key(path),
-                "sha256": hashed["sha256"],
-                "shape": list(info.shape),
-                "dtype": dtype.str,
-                "chunks": [t_chunk, x_chunk, ny, nz],
-                "affine": np.asarray(info.affine).tolist(),
-                "slope": info.slope,
-                "inter": info.inter,
-                "zooms": list(info.zooms),
-                "t_r_header": info.t_r_header,
-                "n_nonfinite_voxels": n_bad,
-                "n_nonfinite_values": checks.n_bad_values,
-                "varies": checks.varies,
-                "first_volume_all_zero": bool(checks.first is not None
-                                              and not checks.first.any()),
-            }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            _write_summary(group, tmp, path, info, dtype, (t_chunk, x_chunk), checks, total,
+                           hashed["sha256"])
     except (EOFError, TruncatedDataError) as exc:
         if isinstance(exc, TruncatedDataError):
             raise
@@ -445,6 +377,118 @@ def ingest_nifti(
             producer.join(timeout=5)
         raw.close()
     return store
+
+
+def _create_store(tmp: Path, shape: tuple[int, ...], dtype: np.dtype[Any], t_chunk: int,
+                  x_chunk: int) -> tuple[Any, Any]:
+    """The new working copy's Zarr v3 group and its empty ``data`` array (t, x, y, z)."""
+    import zarr
+
+    nx, ny, nz, nt = shape
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    arr = group.create_array(
+        "data",
+        shape=(nt, nx, ny, nz),
+        # one shard per streamed block of whole volumes: few files, and each block
+        # is written exactly once (no read-modify-write of partial chunks)
+        shards=(t_chunk, -(-nx // x_chunk) * x_chunk, ny, nz),
+        chunks=(t_chunk, x_chunk, ny, nz),
+        dtype=dtype,
+        compressors=_compressors(),
+        fill_value=0,
+    )
+    return group, arr
+
+
+def _direct_writer(tmp: Path) -> ShardedArray | None:
+    """The direct shard writer of a new working copy, or None (write through zarr-python).
+
+    Shards are written here, not through zarr-python (whose per-chunk pipeline cost ~13 CPU s
+    for an HCP-sized run and was the ingest's critical path): zarr wrote the metadata and
+    reads the shards back (see :mod:`neuroscale.io.shards`).
+    """
+    writes = settings.get("direct-writes")
+    direct = ShardedArray.open(tmp / "data") if writes else None
+    if direct is None and writes:
+        settings.log_fallback_once("working-copy writes", tmp)
+    return direct
+
+
+def _write_blocks(q: queue.Queue[Any], free: queue.Queue[Any], info: NiftiInfo,
+                  checks: _ValueChecks, total: np.ndarray, ordered: np.ndarray,
+                  piece: np.ndarray, arr: Any, direct: ShardedArray | None) -> None:
+    """Take the decoded blocks off ``q`` until its end marker and write each as one shard.
+
+    Each block is checked (``checks``), added to the voxel sums ``total`` (file order),
+    transposed to ``(t, x, y, z)`` into ``ordered`` (x padded to whole inner chunks of
+    ``piece``'s width) and written, directly or through zarr (``arr``); its buffer goes back
+    to ``free``.  An exception the reader thread put on ``q`` is raised here.
+    """
+    import zarr
+
+    nx, ny, nz, _ = info.shape
+    t_chunk = ordered.shape[0]
+    n_inner = ordered.shape[1] // piece.shape[1]
+    while True:
+        item = q.get()
+        if item is None:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        t0, n, buf = item
+        # on disk: x fastest, so (t, z, y, x) in C order; store as (t, x, y, z)
+        block = np.frombuffer(buf, dtype=info.dtype, count=n * nx * ny * nz)
+        block = block.reshape(n, nz, ny, nx)
+        checks.add(block)
+        _add_volume_sums(total, block)
+        # one (z, x) plane transpose per y: ~1.6x faster than one 4D copyto
+        for y in range(ny):
+            np.copyto(ordered[:n, :nx, y, :], block[:, :, y, :].transpose(0, 2, 1))
+        del block
+        free.put(buf)
+        if direct is not None:
+            if n < t_chunk:
+                ordered[n:] = 0  # the last, partial shard: fill value past the end
+            direct.write_shard(t0 // t_chunk, _inner_chunks(ordered, piece))
+        else:
+            # encode all inner chunks of a shard in one batch: ~35 % less CPU than
+            # zarr's default of one chunk at a time
+            with zarr.config.set({"codec_pipeline.batch_size": n_inner}):
+                arr[t0 : t0 + n] = ordered[:n, :nx]
+
+
+def _write_summary(group: Any, tmp: Path, path: Path, info: NiftiInfo, dtype: np.dtype[Any],
+                   chunks: tuple[int, int], checks: _ValueChecks, total: np.ndarray,
+                   sha256: str) -> None:
+    """Write the mean, the non-finite voxels and, last, the manifest of a streamed copy."""
+    _, ny, nz, nt = info.shape
+    t_chunk, x_chunk = chunks
+    mean = (total.transpose(2, 1, 0) / nt) * info.slope + info.inter
+    group.create_array("mean", data=mean.astype(np.float32))
+    n_bad = 0
+    if checks.bad is not None and checks.bad.any():
+        n_bad = int(checks.bad.sum())
+        group.create_array("nonfinite",
+                           data=checks.bad.transpose(2, 1, 0).astype(np.uint8))
+    manifest = {
+        "layout_version": LAYOUT_VERSION,
+        "source": _source_key(path),
+        "sha256": sha256,
+        "shape": list(info.shape),
+        "dtype": dtype.str,
+        "chunks": [t_chunk, x_chunk, ny, nz],
+        "affine": np.asarray(info.affine).tolist(),
+        "slope": info.slope,
+        "inter": info.inter,
+        "zooms": list(info.zooms),
+        "t_r_header": info.t_r_header,
+        "n_nonfinite_voxels": n_bad,
+        "n_nonfinite_values": checks.n_bad_values,
+        "varies": checks.varies,
+        "first_volume_all_zero": bool(checks.first is not None
+                                      and not checks.first.any()),
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
 def verify_store(store: str | Path) -> str | None:

@@ -276,7 +276,7 @@ def _denoised(state: RunState) -> Any:
         series = denoise.clean(state.raw, **kw)
     shutil.rmtree(state.den_store, ignore_errors=True)
     # narrow regular Zarr chunks (the slab chunks are irregular): small writes, see
-    # neuroscale.image.store_series; phase C reads the slabs back
+    # neuroscale.series_store.store_series; phase C reads the slabs back
     stored = store_series(series.data, state.den_store, compute=False)
     return {"stored": stored, "scale": scale} if scale is not None else {"stored": stored}
 

@@ -256,21 +256,8 @@ def plot_mosaic(
     else:
         color_vals = bg_c[mask_c & np.isfinite(bg_c)] if mask_c.any() else bg_c.ravel()
         color_layer = None
-    if symmetric is None:
-        symmetric = False
-        if color_vals.size and overlay is not None:
-            lo, hi = float(np.min(color_vals)), float(np.max(color_vals))
-            symmetric = lo < 0 < hi and min(-lo, hi) >= 0.05 * (hi - lo)
-    if symmetric:
-        m = float(np.percentile(np.abs(color_vals), 99)) if color_vals.size else 1.0
-        m = m if m > 0 else 1.0
-        lo_c, hi_c = -m, m
-    else:
-        lo_c, hi_c = _robust_limits(color_vals, 2, 98)
-    lo_c = lo_c if vmin is None else float(vmin)
-    hi_c = hi_c if vmax is None else float(vmax)
-    if cmap is None:
-        cmap = "RdBu_r" if symmetric else ("hot" if overlay is not None else "gray")
+    lo_c, hi_c, cmap = _colour_scale(color_vals, overlay is not None, symmetric=symmetric,
+                                     vmin=vmin, vmax=vmax, cmap=cmap)
 
     bg_tiles = _tile(bg_c, slices, ncols, np.nan)
     vox = _voxel_sizes(aff_ras)
@@ -306,13 +293,7 @@ def plot_mosaic(
         m_tiles = _tile(mask_c.astype(np.float64), slices, ncols, 0.0)
         ax.contour(m_tiles, levels=[0.5], colors=["#ff7f0e"], linewidths=0.7)
     nx, ny = bg_c.shape[0], bg_c.shape[1]
-    z0 = crop[2].start or 0
-    for i, k in enumerate(slices):
-        r, c = divmod(i, ncols)
-        zmm = float((aff_ras @ np.array([0.0, 0.0, float(k + z0), 1.0]))[2])
-        ax.text(c * nx + 1, r * ny + 1, f"z={zmm:.0f}", color="white", fontsize=6.5, va="top", ha="left")
-    ax.text(0.5, 1 * ny - 1.5, "L", color="white", fontsize=7, va="bottom", ha="left", alpha=0.8)
-    ax.text(nx - 1.5, 1 * ny - 1.5, "R", color="white", fontsize=7, va="bottom", ha="right", alpha=0.8)
+    _label_tiles(ax, aff_ras, slices, ncols, (nx, ny), crop[2].start or 0)
     ax.set_xlim(-0.5, ncols * nx - 0.5)
     ax.set_ylim(nrows * ny - 0.5, -0.5)
     cax = fig.add_axes((0.915, 0.12, 0.015, max(top - 0.24, 0.2)))
@@ -324,6 +305,48 @@ def plot_mosaic(
     if title:
         fig.suptitle(title, color="white", fontsize=10, y=1 - 0.08 / fig.get_figheight())
     return fig
+
+
+def _colour_scale(color_vals: np.ndarray, has_overlay: bool, *, symmetric: bool | None,
+                  vmin: float | None, vmax: float | None, cmap: str | None
+                  ) -> tuple[float, float, str]:
+    """``(vmin, vmax, cmap)`` of the coloured layer of :func:`plot_mosaic` (its defaults).
+
+    ``color_vals`` are the finite in-mask values of that layer; ``symmetric`` None is decided
+    from them (both signs, the smaller side at least 5 % of the range; overlays only).
+    """
+    if symmetric is None:
+        symmetric = False
+        if color_vals.size and has_overlay:
+            lo, hi = float(np.min(color_vals)), float(np.max(color_vals))
+            symmetric = lo < 0 < hi and min(-lo, hi) >= 0.05 * (hi - lo)
+    if symmetric:
+        m = float(np.percentile(np.abs(color_vals), 99)) if color_vals.size else 1.0
+        m = m if m > 0 else 1.0
+        lo_c, hi_c = -m, m
+    else:
+        lo_c, hi_c = _robust_limits(color_vals, 2, 98)
+    lo_c = lo_c if vmin is None else float(vmin)
+    hi_c = hi_c if vmax is None else float(vmax)
+    if cmap is None:
+        cmap = "RdBu_r" if symmetric else ("hot" if has_overlay else "gray")
+    return lo_c, hi_c, cmap
+
+
+def _label_tiles(ax: Axes, aff_ras: np.ndarray, slices: np.ndarray, ncols: int,
+                 tile: tuple[int, int], z0: int) -> None:
+    """Write each tile's world z (mm) and the L / R marks on the first tile of a mosaic.
+
+    ``slices`` are z indices into the crop, which starts at slice ``z0`` of the RAS grid
+    ``aff_ras``; ``tile`` is the ``(nx, ny)`` size of one tile in pixels.
+    """
+    nx, ny = tile
+    for i, k in enumerate(slices):
+        r, c = divmod(i, ncols)
+        zmm = float((aff_ras @ np.array([0.0, 0.0, float(k + z0), 1.0]))[2])
+        ax.text(c * nx + 1, r * ny + 1, f"z={zmm:.0f}", color="white", fontsize=6.5, va="top", ha="left")
+    ax.text(0.5, 1 * ny - 1.5, "L", color="white", fontsize=7, va="bottom", ha="left", alpha=0.8)
+    ax.text(nx - 1.5, 1 * ny - 1.5, "R", color="white", fontsize=7, va="bottom", ha="right", alpha=0.8)
 
 
 # --------------------------------------------------------------------------------------------

@@ -289,37 +289,7 @@ def _param_rows(parameters: Mapping[str, Any]) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------
 def _run_context(run: RunReport) -> dict[str, Any]:
     title = run.name
-    traces: dict[str, tuple[np.ndarray, str]] = {}
-    if run.fd is not None:
-        traces["FD (mm)"] = (np.asarray(run.fd), "#9467bd")
-    traces["DVARS"] = (np.asarray(run.dvars), "#1f77b4")
-    traces["std DVARS"] = (np.asarray(run.std_dvars), "#ff7f0e")
-    traces["global signal"] = (np.asarray(run.global_signal), "#2ca02c")
-    if run.outlier_fraction is not None:
-        traces["outlier fraction"] = (np.asarray(run.outlier_fraction), "#d62728")
-    figs: list[dict[str, str]] = []
-    figs.append(
-        {
-            "id": "carpet",
-            "title": "Carpet plot",
-            "src": _png(
-                figures.plot_carpet(
-                    run.carpet, run.t_r, traces, non_steady_state=int(run.non_steady_state), title=title
-                )
-            ),
-            "caption": (
-                f"{run.carpet.shape[1]} in-mask voxel time series (rows, detrended and z-scored, "
-                "grey scale -2..2) against time in seconds, with "
-                + ", ".join(traces)
-                + " on the same time axis (Power 2017). "
-                + (
-                    f"The first {int(run.non_steady_state)} non-steady-state volume(s) are shaded red."
-                    if run.non_steady_state
-                    else "No non-steady-state volumes were detected."
-                )
-            ),
-        }
-    )
+    figs: list[dict[str, str]] = [_carpet_figure(run)]
     orient = (
         "Axial slices, inferior to superior, neurological convention "
         "(subject's left on the left of each slice), anterior up."
@@ -353,39 +323,8 @@ def _run_context(run: RunReport) -> dict[str, Any]:
             ),
         }
     )
-    for key, vol in run.maps.items():
-        kind = key.lower().split("-")[0]  # "seed-pcc" -> "seed"
-        desc = MAP_DESCRIPTIONS.get(kind, key)
-        if kind != key.lower() and kind in MAP_DESCRIPTIONS:
-            desc = f"{desc} ({key})"
-        figs.append(
-            {
-                "id": f"map-{re.sub(r'[^A-Za-z0-9_-]+', '-', key)}",
-                "title": f"Map: {key}",
-                "src": _png(
-                    figures.plot_mosaic(run.mean, run.affine, run.mask, overlay=np.asarray(vol),
-                                        title=f"{title}: {key}", cmap=_MAP_CMAPS.get(kind),
-                                        colorbar_label=key, contour=False)
-                ),
-                "caption": f"{desc}, in the mask, over the mean EPI. {orient}",
-            }
-        )
-    for conn in run.connectivities:
-        label = "Fisher z" if conn.kind == "fisher_z" else "Pearson r"
-        figs.append(
-            {
-                "id": f"conn-{re.sub(r'[^A-Za-z0-9_-]+', '-', conn.atlas or 'atlas')}",
-                "title": f"Connectivity: {conn.atlas}",
-                "src": _png(
-                    figures.plot_matrix(conn.matrix, conn.labels, title=f"{title}: {conn.atlas}",
-                                        colorbar_label=label)
-                ),
-                "caption": (
-                    f"{conn.matrix.shape[0]} x {conn.matrix.shape[0]} {label} matrix of atlas "
-                    f"{conn.atlas}; symmetric colour scale, diagonal blank."
-                ),
-            }
-        )
+    figs.extend(_map_figures(run, orient))
+    figs.extend(_connectivity_figures(run))
     vox = figures._voxel_sizes(run.affine)
     summary = [
         ("volume shape", " x ".join(str(s) for s in run.mask.shape)),
@@ -404,6 +343,85 @@ def _run_context(run: RunReport) -> dict[str, Any]:
         "warnings": [str(w) for w in run.warnings],
         "outputs": [str(o) for o in run.outputs],
     }
+
+
+def _carpet_figure(run: RunReport) -> dict[str, str]:
+    """The carpet plot of a run, with its QC traces, as a report figure entry."""
+    traces: dict[str, tuple[np.ndarray, str]] = {}
+    if run.fd is not None:
+        traces["FD (mm)"] = (np.asarray(run.fd), "#9467bd")
+    traces["DVARS"] = (np.asarray(run.dvars), "#1f77b4")
+    traces["std DVARS"] = (np.asarray(run.std_dvars), "#ff7f0e")
+    traces["global signal"] = (np.asarray(run.global_signal), "#2ca02c")
+    if run.outlier_fraction is not None:
+        traces["outlier fraction"] = (np.asarray(run.outlier_fraction), "#d62728")
+    return {
+        "id": "carpet",
+        "title": "Carpet plot",
+        "src": _png(
+            figures.plot_carpet(
+                run.carpet, run.t_r, traces, non_steady_state=int(run.non_steady_state),
+                title=run.name
+            )
+        ),
+        "caption": (
+            f"{run.carpet.shape[1]} in-mask voxel time series (rows, detrended and z-scored, "
+            "grey scale -2..2) against time in seconds, with "
+            + ", ".join(traces)
+            + " on the same time axis (Power 2017). "
+            + (
+                f"The first {int(run.non_steady_state)} non-steady-state volume(s) are shaded red."
+                if run.non_steady_state
+                else "No non-steady-state volumes were detected."
+            )
+        ),
+    }
+
+
+def _map_figures(run: RunReport, orient: str) -> list[dict[str, str]]:
+    """One report figure entry per map of a run, overlaid on its mean EPI (``orient``: the
+    slice-orientation sentence of the captions)."""
+    figs: list[dict[str, str]] = []
+    for key, vol in run.maps.items():
+        kind = key.lower().split("-")[0]  # "seed-pcc" -> "seed"
+        desc = MAP_DESCRIPTIONS.get(kind, key)
+        if kind != key.lower() and kind in MAP_DESCRIPTIONS:
+            desc = f"{desc} ({key})"
+        figs.append(
+            {
+                "id": f"map-{re.sub(r'[^A-Za-z0-9_-]+', '-', key)}",
+                "title": f"Map: {key}",
+                "src": _png(
+                    figures.plot_mosaic(run.mean, run.affine, run.mask, overlay=np.asarray(vol),
+                                        title=f"{run.name}: {key}", cmap=_MAP_CMAPS.get(kind),
+                                        colorbar_label=key, contour=False)
+                ),
+                "caption": f"{desc}, in the mask, over the mean EPI. {orient}",
+            }
+        )
+    return figs
+
+
+def _connectivity_figures(run: RunReport) -> list[dict[str, str]]:
+    """One report figure entry per connectivity matrix of a run."""
+    figs: list[dict[str, str]] = []
+    for conn in run.connectivities:
+        label = "Fisher z" if conn.kind == "fisher_z" else "Pearson r"
+        figs.append(
+            {
+                "id": f"conn-{re.sub(r'[^A-Za-z0-9_-]+', '-', conn.atlas or 'atlas')}",
+                "title": f"Connectivity: {conn.atlas}",
+                "src": _png(
+                    figures.plot_matrix(conn.matrix, conn.labels, title=f"{run.name}: {conn.atlas}",
+                                        colorbar_label=label)
+                ),
+                "caption": (
+                    f"{conn.matrix.shape[0]} x {conn.matrix.shape[0]} {label} matrix of atlas "
+                    f"{conn.atlas}; symmetric colour scale, diagonal blank."
+                ),
+            }
+        )
+    return figs
 
 
 def write_subject_report(
