@@ -17,7 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # one long function on purpose: a migration is one declarative listing of the schema
+    # long: a migration is one declarative listing of the schema (Alembic's own layout)
     op.create_table(
         "blobs",
         sa.Column("sha256", sa.String(length=64), nullable=False),
