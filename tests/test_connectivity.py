@@ -13,9 +13,8 @@ from neuroscale.analysis.connectivity import (
     correlation_matrices,
     fisher_z,
     usable_columns,
-    write_relmat_tsv,
-    write_timeseries_tsv,
 )
+from neuroscale.bids.tables import write_relmat_tsv, write_timeseries_tsv
 from neuroscale.errors import AnalysisError
 
 RTOL = 1e-4

@@ -31,6 +31,7 @@ import numpy as np
 
 from neuroscale.analysis import alff as alff_mod
 from neuroscale.analysis import centrality, connectivity, denoise, parcellate, qc, reho, seed
+from neuroscale.bids.tables import write_relmat_tsv, write_timeseries_tsv
 from neuroscale.compute.gpu import to_device, to_host
 from neuroscale.errors import AnalysisError
 from neuroscale.image import Series, read_series_store, store_series, values_to_volume
@@ -370,9 +371,9 @@ def _write_atlas(atlas: Any, a_sha: str) -> Any:
             mats = connectivity.correlation_matrices(timeseries)
         except AnalysisError as exc:
             raise AnalysisError(f"atlas {name}: {exc}", Path(atlas.path)) from exc
-        connectivity.write_timeseries_tsv(files[f"atlas-{name}-timeseries"], timeseries, names)
-        connectivity.write_relmat_tsv(files[f"atlas-{name}-pearson"], mats["pearson"], names)
-        connectivity.write_relmat_tsv(files[f"atlas-{name}-partial"], mats["partial"], names)
+        write_timeseries_tsv(files[f"atlas-{name}-timeseries"], timeseries, names)
+        write_relmat_tsv(files[f"atlas-{name}-pearson"], mats["pearson"], names)
+        write_relmat_tsv(files[f"atlas-{name}-partial"], mats["partial"], names)
         coverage = parcellate.parcel_coverage(state.mask, atlas)
         lines = ["label\tname\tcoverage"] + [
             f"{int(v)}\t{n}\t{c:.6g}" for v, n, c in zip(atlas.values, names, coverage,

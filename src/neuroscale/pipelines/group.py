@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from neuroscale import __version__
-from neuroscale.analysis.connectivity import fisher_z, write_relmat_tsv
+from neuroscale.analysis.connectivity import fisher_z
+from neuroscale.bids.tables import write_relmat_tsv
 from neuroscale.errors import BIDSError
 from neuroscale.io.atomic import atomic_write_text
 from neuroscale.report import write_group_report
