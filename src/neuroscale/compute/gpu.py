@@ -5,8 +5,8 @@ The kernels of :mod:`neuroscale.kernels` take the array namespace of their block
 that holds the chunk; nothing else about the graph changes.  :func:`to_device` is the one
 place where chunks move to the GPU (one host-to-device copy per chunk, inside the task that
 uses it) and :func:`to_host` the one place where they come back (maps are written from the
-host).  Any other array-API library can stand in for CuPy (``library=``), which is how the
-tests exercise these paths on machines without a GPU.
+host).  Without a GPU the kernels' array-API paths are tested under ``array_api_strict``
+(tests/test_kernels_array_api.py); these two functions run only where CuPy is.
 
 Install: ``pip install "neuroscale[gpu]"`` (CuPy for CUDA 12, dask-cuda).
 """
@@ -87,23 +87,26 @@ def require_gpu() -> GPUInfo:
                              "(CuPy found no device or no driver)")
 
 
-def to_device(data: da.Array, library: str = "cupy") -> da.Array:
+def to_device(data: da.Array) -> da.Array:
     """``data`` with every chunk moved to the GPU (lazily: one copy per chunk, in its task).
 
     Parameters
     ----------
     data : dask array of NumPy chunks
-    library : str
-        ``"cupy"``; any importable array-API module (``"array_api_strict"``) for tests.
 
     Returns
     -------
     dask array
-        Same shape, chunks and dtype; chunks are ``library`` arrays.
+        Same shape, chunks and dtype; chunks are CuPy arrays.
+
+    Raises
+    ------
+    ImportError
+        CuPy is not installed (check first with :func:`require_gpu`).
     """
-    xp = importlib.import_module(library)
-    meta = xp.empty((0,) * data.ndim, dtype=getattr(xp, np.dtype(data.dtype).name))
-    moved: da.Array = da.map_blocks(xp.asarray, data, dtype=data.dtype, meta=meta)
+    cupy = importlib.import_module("cupy")
+    meta = cupy.empty((0,) * data.ndim, dtype=data.dtype)
+    moved: da.Array = da.map_blocks(cupy.asarray, data, dtype=data.dtype, meta=meta)
     return moved
 
 
